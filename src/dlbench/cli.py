@@ -1,0 +1,170 @@
+"""``dlbench <verb>``: one verb per Snakemake rule, each usable by hand without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _recipe(text: str) -> dict[str, Any]:
+    """A recipe given inline as JSON or as ``@path/to/recipe.json``."""
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--recipe: not valid JSON: {e}") from None
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from dlbench.data.registry import load_all
+
+    spec = load_all().get(args.name)
+    out = Path(args.out or Path(args.data_root) / args.name)
+    spec.build(out, Path(args.raw_dir) if args.raw_dir else None)
+    print(f"built dataset {args.name} into {out}")
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from dlbench.data.fetch import fetch
+    from dlbench.data.registry import load_all
+
+    load_all().get(args.name)
+    fetch(args.name)
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from dlbench.data.registry import load_all
+
+    for name in load_all():
+        spec = load_all().get(name)
+        print(f"{name:12s} {'offline' if spec.offline else 'download'}  {spec.description}")
+
+
+def cmd_config_check(args: argparse.Namespace) -> None:
+    from dlbench.config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK ({len(cfg['datasets'])} datasets, {len(cfg['seeds'])} seeds)")
+
+
+def cmd_train_supervised(args: argparse.Namespace) -> None:
+    from dlbench.train.engine import set_threads
+    from dlbench.train.supervised import train_supervised
+
+    set_threads(args.threads)
+    meta = train_supervised(_recipe(args.recipe), args.data_root, args.out, args.checkpoint, device=args.device)
+    print(f"trained {meta['model_id']} in {meta['train_seconds']:.1f}s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dlbench.evaluate.predict import EvalSplit, evaluate_model
+    from dlbench.train.engine import set_threads
+
+    set_threads(args.threads)
+    try:
+        splits = [EvalSplit.parse(s) for s in args.split]
+    except ValueError as e:
+        raise SystemExit(f"--split: {e}") from None
+    evaluate_model(args.model, splits, args.data_root, args.out, args.costs, device=args.device)
+
+
+def cmd_report_aggregate(args: argparse.Namespace) -> None:
+    from dlbench.report.aggregate import aggregate
+
+    aggregate(args.models, args.predictions, args.out_dir)
+
+
+def cmd_report_figures(args: argparse.Namespace) -> None:
+    from dlbench.report.figures import make_figures
+
+    make_figures(args.tables, args.out_dir)
+
+
+def cmd_report_html(args: argparse.Namespace) -> None:
+    from dlbench.report.html import write_report
+
+    write_report(args.tables, args.figures, args.config, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlbench", description=__doc__)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    data = sub.add_parser("data", help="datasets: build, fetch through DVC, list").add_subparsers(dest="data_verb", required=True)
+    b = data.add_parser("build", help="build one dataset into the array format (what a dvc.yaml stage runs)")
+    b.add_argument("name")
+    b.add_argument("--out", help="output directory (default: <data-root>/<name>)")
+    b.add_argument("--data-root", default="data")
+    b.add_argument("--raw-dir", help="where original files are (or are downloaded to), for real datasets")
+    b.set_defaults(fn=cmd_data_build)
+    f = data.add_parser("fetch", help="pull the dataset from the DVC remote, or build it with dvc repro and push it")
+    f.add_argument("name")
+    f.set_defaults(fn=cmd_data_fetch)
+    ls = data.add_parser("list", help="list registered datasets")
+    ls.set_defaults(fn=cmd_data_list)
+
+    c = sub.add_parser("config", help="config tools").add_subparsers(dest="config_verb", required=True)
+    cc = c.add_parser("check", help="validate a config file (schema + registry names)")
+    cc.add_argument("config")
+    cc.set_defaults(fn=cmd_config_check)
+
+    t = sub.add_parser("train", help="training stages").add_subparsers(dest="train_verb", required=True)
+    s = t.add_parser("supervised", help="train backbone + head from scratch on the labeled train split")
+    s.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
+    s.add_argument("--data-root", default="data")
+    s.add_argument("--out", required=True, help="model directory to write")
+    s.add_argument("--checkpoint", help="resumable checkpoint path (resumed if present)")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(fn=cmd_train_supervised)
+
+    e = sub.add_parser("evaluate", help="run a model once on eval splits, cache logits (Parquet) and costs")
+    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--split", nargs="+", required=True, help="NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY] ...")
+    e.add_argument("--data-root", default="data")
+    e.add_argument("--out", required=True, help="logits Parquet file to write")
+    e.add_argument("--costs", required=True, help="costs JSON file to write")
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=cmd_evaluate)
+
+    r = sub.add_parser("report", help="tables, figures, HTML report").add_subparsers(dest="report_verb", required=True)
+    a = r.add_parser("aggregate", help="cached logits -> results/tables/*.parquet")
+    a.add_argument("--models", default="results/models")
+    a.add_argument("--predictions", default="results/predictions")
+    a.add_argument("--out-dir", default="results/tables")
+    a.set_defaults(fn=cmd_report_aggregate)
+    fg = r.add_parser("figures", help="tables -> figures (PNG)")
+    fg.add_argument("--tables", default="results/tables")
+    fg.add_argument("--out-dir", default="results/figures")
+    fg.set_defaults(fn=cmd_report_figures)
+    h = r.add_parser("html", help="tables + figures -> self-contained results/report.html")
+    h.add_argument("--tables", default="results/tables")
+    h.add_argument("--figures", default="results/figures")
+    h.add_argument("--config", default="config.yaml")
+    h.add_argument("--out", default="results/report.html")
+    h.set_defaults(fn=cmd_report_html)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dlbench.config import ConfigError
+    from dlbench.data.store import DatasetError
+    from dlbench.models.checkpoint import CheckpointError as ModelCheckpointError
+    from dlbench.registry import UnknownNameError
+    from dlbench.train.engine import CheckpointError
+
+    try:
+        args.fn(args)
+    except (ConfigError, DatasetError, CheckpointError, ModelCheckpointError, UnknownNameError) as e:
+        print(f"dlbench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Config validation and the expansion of a config into the grid of models and eval splits.
+
+Both the Snakefile (``workflow/rules/common.smk``) and the CLI call ``load_config``/``check``,
+so a bad config fails the same way everywhere, before any job runs, naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the offending key."""
+
+
+def _schema() -> dict[str, Any]:
+    path = SCHEMA_PATH
+    if not path.exists():  # installed without the repo: the schema ships as package data
+        path = Path(__file__).with_name("config.schema.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema-check ``config`` and fill defaults; raise ConfigError naming the first bad key."""
+    validator = jsonschema.Draft7Validator(_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        if e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            where = _key_path(e)
+            keys = ", ".join(f"{where}.{k}" if where != "(top level)" else k for k in extra)
+            raise ConfigError(f"unknown config key {keys}; allowed here: {sorted(e.schema.get('properties', {}))}")
+        raise ConfigError(f"config key {_key_path(e)}: {e.message}")
+    cfg = copy.deepcopy(config)
+    cfg.setdefault("device", "auto")
+    cfg.setdefault("data_root", "data")
+    cfg.setdefault("threads", {})
+    cfg["threads"].setdefault("train", 1)
+    cfg["threads"].setdefault("evaluate", 1)
+    cfg.setdefault("report", {})
+    for ds in cfg["datasets"].values():
+        ds.setdefault("train_split", "train")
+        ds.setdefault("val_split", "val")
+        if "corruptions" in ds:
+            ds["corruptions"].setdefault("source", "test")
+    return cfg
+
+
+def check(config: dict[str, Any]) -> dict[str, Any]:
+    """Full check: schema, then registry names (datasets, backbones, corruptions) and cross-references."""
+    from dlbench.data.registry import load_all
+    from dlbench.models.backbones import UnknownBackboneError, check_backbone_spec
+
+    cfg = validate(config)
+    datasets = load_all()
+    for name, ds in cfg["datasets"].items():
+        if name not in datasets:
+            raise ConfigError(f"datasets.{name}: unknown dataset {name!r}; known: {', '.join(datasets.names())}")
+        for i, entry in enumerate(ds["eval"]):
+            other = entry.get("dataset", name)
+            if other not in datasets:
+                raise ConfigError(f"datasets.{name}.eval[{i}].dataset: unknown dataset {other!r}")
+            if "split" not in entry and "types" not in entry:
+                raise ConfigError(f"datasets.{name}.eval[{i}]: needs 'split' or 'types' + 'severities'")
+        if "corruptions" in ds:
+            from dlbench.data.corruptions import corruption_names
+
+            known = corruption_names()
+            for t in ds["corruptions"]["types"]:
+                if t not in known:
+                    raise ConfigError(f"datasets.{name}.corruptions.types: unknown corruption {t!r}; known: {', '.join(known)}")
+    for name, spec in cfg["backbones"].items():
+        try:
+            check_backbone_spec(name, spec)
+        except UnknownBackboneError as e:
+            raise ConfigError(str(e)) from None
+    seen = set()
+    for i, run in enumerate(cfg["supervised"]["runs"]):
+        if run["dataset"] not in cfg["datasets"]:
+            raise ConfigError(f"supervised.runs[{i}].dataset: {run['dataset']!r} is not under datasets:")
+        if run["backbone"] not in cfg["backbones"]:
+            raise ConfigError(f"supervised.runs[{i}].backbone: unknown backbone {run['backbone']!r}; "
+                              f"defined: {', '.join(cfg['backbones'])}")
+        key = (run["dataset"], run["backbone"])
+        if key in seen:
+            raise ConfigError(f"supervised.runs[{i}]: {key} is listed twice (model ids would collide)")
+        seen.add(key)
+    return cfg
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return check(raw or {})
+
+
+# ---- expansion: what the DAG builds -------------------------------------------------------------
+
+def eval_split_specs(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """Eval splits of ``dataset`` as ``NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY]`` strings."""
+    ds = cfg["datasets"][dataset]
+    specs = []
+    for entry in ds["eval"]:
+        other = entry.get("dataset", dataset)
+        prefix = "" if other == dataset else f"{other}."
+        if "split" in entry:
+            specs.append(f"{prefix}{entry['split']}={other}:{entry['split']}")
+        else:
+            for t in entry["types"]:
+                for s in entry.get("severities", [1, 2, 3, 4, 5]):
+                    specs.append(f"{prefix}{t}-{s}={other}:{t}-{s}")
+    if "corruptions" in ds:
+        c = ds["corruptions"]
+        for t in c["types"]:
+            for s in c["severities"]:
+                specs.append(f"{c['source']}.{t}-{s}={dataset}:{c['source']}:{t}:{s}")
+    return specs
+
+
+def eval_datasets(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """Every dataset an evaluation of a ``dataset`` model reads (for the DAG's inputs)."""
+    names = {dataset} | {e.get("dataset", dataset) for e in cfg["datasets"][dataset]["eval"]}
+    return sorted(names)
+
+
+def supervised_recipe(cfg: dict[str, Any], dataset: str, backbone: str, seed: int) -> dict[str, Any]:
+    """The full, self-contained recipe of one supervised model (also its provenance)."""
+    sup = cfg["supervised"]
+    run = next(r for r in sup["runs"] if r["dataset"] == dataset and r["backbone"] == backbone)
+    ds = cfg["datasets"][dataset]
+    return {
+        "dataset": dataset, "backbone": backbone, "backbone_spec": cfg["backbones"][backbone],
+        "pretrain": "none", "adapt": "supervised", "seed": int(seed),
+        "train_split": ds["train_split"], "val_split": ds["val_split"],
+        "train": {**sup["train"], **run.get("train", {})},
+        "augment": {**sup.get("augment", {}), **run.get("augment", {})},
+        "label_smoothing": sup.get("label_smoothing", 0.0),
+    }
+
+
+def recipe_json(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"))

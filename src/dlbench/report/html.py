@@ -1,0 +1,98 @@
+"""Tables + figures -> one self-contained HTML report (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from dlbench.io import atomic_path
+from dlbench.provenance import dataset_hashes, package_versions
+from dlbench.report.figures import recipe_label
+
+SECTIONS = [
+    ("baseline", "Supervised baseline",
+     "Backbone + head trained from scratch on the labeled train split; evaluated ID and on every OOD split."),
+    ("ssl", "Self-supervised pretraining", "Pretext tasks, contrastive and non-contrastive methods, MAE; probes and fine-tuning."),
+    ("clip", "Robust fine-tuning of CLIP", "Zero-shot, linear probe, fine-tuning, LP-FT, WiSE-FT, Lipsum-FT, PEFT."),
+    ("ensembles", "Ensembles and weight averaging", "Deep ensembles, FGE/SSE, SWA/SWAG, model soups."),
+    ("compression", "Compression", "Pruning, quantization, distillation."),
+]
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;font-size:0.85em;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
+pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em}.empty{color:#888;font-style:italic}
+"""
+
+CAPTIONS = {
+    "id_vs_ood.png": "ID accuracy against mean OOD accuracy per shift kind. Points below the dashed line lose accuracy under shift.",
+    "corruption_severity.png": "Accuracy against corruption severity (0 = clean ID test), per corruption type; band: std over seeds.",
+    "training_curves.png": "Training loss and accuracy, validation accuracy per epoch; band: std over seeds.",
+}
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(CAPTIONS.get(path.name, path.stem))}</figcaption></figure>")
+
+
+def baseline_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per recipe: mean +- std over seeds of ID accuracy, mean accuracy per OOD kind, ECE."""
+    m = metrics[metrics["adapt"] == "supervised"].assign(recipe=recipe_label(metrics))
+    per_seed = m.groupby(["recipe", "seed"]).apply(_per_seed_row, include_groups=False).reset_index()
+    out = {}
+    for recipe, g in per_seed.groupby("recipe"):
+        row = {}
+        for col in [c for c in g.columns if c not in ("recipe", "seed")]:
+            vals = g[col].dropna()
+            if len(vals):
+                row[col] = f"{vals.mean():.3f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.3f}"
+        row["seeds"] = str(g["seed"].nunique())
+        out[recipe] = row
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis("model")
+
+
+def _per_seed_row(g: pd.DataFrame) -> pd.Series:
+    row = {"ID acc": g.loc[g["shift"] == "id", "acc"].mean()}
+    for shift, gs in g[g["shift"] != "id"].groupby("shift"):
+        row[f"{shift} acc"] = gs["acc"].mean()
+    row["ID ECE"] = g.loc[g["shift"] == "id", "ece"].mean()
+    row["ID NLL"] = g.loc[g["shift"] == "id", "nll"].mean()
+    row["params"] = g["params"].iloc[0]
+    return pd.Series(row)
+
+
+def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: str | Path, out: str | Path) -> None:
+    tables, figures = Path(tables_dir), Path(figures_dir)
+    metrics = pd.read_parquet(tables / "metrics.parquet")
+    config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dlbench report</title><style>{STYLE}</style></head><body>",
+             "<h1>dlbench results report</h1>",
+             f"<p>{len(metrics['model_id'].unique())} models x eval splits = {len(metrics)} rows in "
+             f"<code>results/tables/metrics.parquet</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
+    for key, title, blurb in SECTIONS:
+        parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2><p>{html.escape(blurb)}</p>")
+        if key == "baseline" and (metrics["adapt"] == "supervised").any():
+            parts.append(baseline_table(metrics).to_html(classes="results", border=0))
+            for name in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
+                if (figures / name).exists():
+                    parts.append(_img(figures / name))
+        else:
+            parts.append("<p class='empty'>Not in this config yet.</p>")
+    versions = package_versions()
+    parts.append("<h2 id='provenance'>Provenance</h2><h3>Dataset hashes (dvc.lock)</h3>")
+    parts.append(pd.DataFrame(sorted(dataset_hashes().items()), columns=["dataset", "md5"]).to_html(index=False, border=0))
+    parts.append("<h3>Package versions</h3>")
+    parts.append(pd.DataFrame(sorted(versions.items()), columns=["package", "version"]).to_html(index=False, border=0))
+    parts.append(f"<h3>Config</h3><pre>{html.escape(config_text)}</pre>")
+    parts.append("</body></html>")
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts))

@@ -1,0 +1,65 @@
+# Config validation and target/path helpers. No other Python logic in .smk files.
+import json
+
+from snakemake.exceptions import WorkflowError
+
+from dlbench.config import (
+    ConfigError,
+    check,
+    eval_datasets,
+    eval_split_specs,
+    recipe_json,
+    supervised_recipe,
+)
+from dlbench.report.figures import FIGURES
+
+try:
+    CFG = check(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+DATA = CFG["data_root"]
+THREADS = CFG["threads"]
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    backbone="[A-Za-z0-9_-]+",
+    pretrain="[A-Za-z0-9_-]+",
+    adapt="[A-Za-z0-9_-]+",
+    ensemble="[A-Za-z0-9_-]+",
+    compress="[A-Za-z0-9_-]+",
+    seed="[0-9]+",
+
+MODEL = "{dataset}/{backbone}/{pretrain}/{adapt}/{ensemble}/{compress}/seed{seed}"
+
+
+def supervised_ids():
+    """Model ids of every supervised-from-scratch run x seed in the config."""
+    return [
+        f"{r['dataset']}/{r['backbone']}/none/supervised/none/none/seed{s}"
+        for r in CFG["supervised"]["runs"]
+        for s in CFG["seeds"]
+    ]
+
+
+def all_model_ids():
+    return supervised_ids()
+
+
+def dataset_marker(name):
+    return f"{DATA}/{name}/meta.json"
+
+
+def eval_inputs(wildcards):
+    return {
+        "model": f"results/models/{MODEL}/model.safetensors".format(**wildcards),
+        "data": [dataset_marker(d) for d in eval_datasets(CFG, wildcards.dataset)],
+    }
+
+
+def eval_split_args(wildcards):
+    return " ".join(eval_split_specs(CFG, wildcards.dataset))
+
+
+def supervised_recipe_json(wildcards):
+    return recipe_json(supervised_recipe(CFG, wildcards.dataset, wildcards.backbone, int(wildcards.seed)))
