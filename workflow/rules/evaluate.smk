@@ -12,6 +12,7 @@ rule evaluate:
         splits=eval_split_args,
         model_dir=lambda w, input: os.path.dirname(input.model),
         device=CFG["device"],
+        data_root=DATA,
     log:
         f"results/logs/evaluate/{MODEL}.log",
     benchmark:
@@ -20,5 +21,5 @@ rule evaluate:
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench evaluate --model {params.model_dir} --split {params.splits} --data-root {DATA}"
+        "dlbench evaluate --model {params.model_dir} --split {params.splits} --data-root {params.data_root}"
         " --out {output.logits} --costs {output.costs} --threads {threads} --device {params.device} > {log} 2>&1"

@@ -53,6 +53,7 @@ rule figures:
 rule report_html:
     input:
         metrics="results/tables/metrics.parquet",
+        summary="results/tables/summary.parquet",
         figures=expand("results/figures/{figure}", figure=FIGURES),
     output:
         report(

@@ -14,6 +14,7 @@ rule supervised:
         out=lambda w, output: os.path.dirname(output.weights),
         checkpoint="results/checkpoints/{dataset}/{backbone}/none/supervised/none/none/seed{seed}.pt",
         device=CFG["device"],
+        data_root=DATA,
     log:
         "results/logs/supervised/{dataset}/{backbone}/seed{seed}.log",
     benchmark:
@@ -24,5 +25,5 @@ rule supervised:
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench train supervised --recipe '{params.recipe}' --data-root {DATA} --out {params.out}"
+        "dlbench train supervised --recipe '{params.recipe}' --data-root {params.data_root} --out {params.out}"
         " --checkpoint {params.checkpoint} --threads {threads} --device {params.device} > {log} 2>&1"

@@ -66,18 +66,28 @@ def random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Gen
 
 
 def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation factors drawn per image, as torchvision's ColorJitter."""
+    """Brightness, contrast and saturation factors drawn per image, as torchvision's ColorJitter.
+
+    The three adjustments are linear in the image, so they are fused into one
+    ``a * x + b * grey + c`` per image (3 passes instead of ~10). Unlike torchvision, the
+    order is fixed (brightness, contrast, saturation) and clamping happens once, at the end.
+    """
     n = x.shape[0]
-    shape = (n, 1, 1, 1)
-    if cfg.brightness:
-        x = x * _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, gen).view(shape).to(x)
-    if cfg.contrast:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen).view(shape).to(x) + mean
-    if cfg.saturation and x.shape[1] == 3:
-        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        x = (x - grey) * _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen).view(shape).to(x) + grey
-    return x.clamp(0, 1)
+    ones = torch.ones(n)
+    b = _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, gen) if cfg.brightness else ones
+    c = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen) if cfg.contrast else ones
+    s = _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen) if cfg.saturation else ones
+    if x.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        grey = (x * weights).sum(dim=1, keepdim=True)
+    else:
+        grey, s = x, ones
+    mean = grey.mean(dim=(1, 2, 3)).cpu()  # contrast pivots on the mean grey level, as torchvision
+    # brightness: x*b; contrast: (x - m) * c + m with m = b*mean; saturation: (x - g) * s + g
+    a_coef = (s * c * b).to(x).view(n, 1, 1, 1)
+    g_coef = ((1 - s) * c * b).to(x).view(n, 1, 1, 1)
+    const = ((1 - c) * b * mean).to(x).view(n, 1, 1, 1)
+    return torch.addcmul(const, a_coef, x).addcmul_(g_coef, grey).clamp_(0, 1)
 
 
 def to_float(images_uint8_nhwc: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:

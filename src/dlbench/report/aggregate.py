@@ -92,6 +92,8 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
         for shift, gs in g[g["shift"] != "id"].groupby("shift"):
             row[f"{shift}_acc"] = gs["acc"].mean()
         row["id_ece"] = g.loc[g["shift"] == "id", "ece"].mean()
+        row["id_nll"] = g.loc[g["shift"] == "id", "nll"].mean()
+        row["params"] = g["params"].iloc[0]
         rows.append(row)
     df = pd.DataFrame(rows)
     value_cols = [c for c in df.columns if c not in [*keys, "seed"]]

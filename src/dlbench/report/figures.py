@@ -64,8 +64,8 @@ def corruption_severity(metrics: pd.DataFrame, path: Path) -> None:
         return _placeholder(path, "no corruption splits in this config")
     clean = m[m["shift"] == "id"].groupby(["model_id", "recipe"])["acc"].mean().reset_index()
     rows = [cor[["model_id", "recipe", "corruption", "severity", "acc"]]]
-    for c in cor["corruption"].unique():
-        rows.append(clean.assign(corruption=c, severity=0))
+    for c, models in cor.groupby("corruption")["model_id"]:
+        rows.append(clean[clean["model_id"].isin(set(models))].assign(corruption=c, severity=0))
     data = pd.concat(rows, ignore_index=True)
     data["severity"] = data["severity"].astype(int)
     g = sns.relplot(data=data, x="severity", y="acc", hue="recipe", col="corruption", col_wrap=5, kind="line",

@@ -44,35 +44,22 @@ def _img(path: Path) -> str:
             f"<figcaption>{html.escape(CAPTIONS.get(path.name, path.stem))}</figcaption></figure>")
 
 
-def baseline_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per recipe: mean +- std over seeds of ID accuracy, mean accuracy per OOD kind, ECE."""
-    m = metrics[metrics["adapt"] == "supervised"].assign(recipe=recipe_label(metrics))
-    per_seed = m.groupby(["recipe", "seed"]).apply(_per_seed_row, include_groups=False).reset_index()
-    out = {}
-    for recipe, g in per_seed.groupby("recipe"):
-        row = {}
-        for col in [c for c in g.columns if c not in ("recipe", "seed")]:
-            vals = g[col].dropna()
-            if len(vals):
-                row[col] = f"{vals.mean():.3f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.3f}"
-        row["seeds"] = str(g["seed"].nunique())
-        out[recipe] = row
-    return pd.DataFrame.from_dict(out, orient="index").rename_axis("model")
-
-
-def _per_seed_row(g: pd.DataFrame) -> pd.Series:
-    row = {"ID acc": g.loc[g["shift"] == "id", "acc"].mean()}
-    for shift, gs in g[g["shift"] != "id"].groupby("shift"):
-        row[f"{shift} acc"] = gs["acc"].mean()
-    row["ID ECE"] = g.loc[g["shift"] == "id", "ece"].mean()
-    row["ID NLL"] = g.loc[g["shift"] == "id", "nll"].mean()
-    row["params"] = g["params"].iloc[0]
-    return pd.Series(row)
+def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Supervised rows of summary.parquet as 'mean ± std over seeds' strings, one row per recipe."""
+    sup = summary[summary["adapt"] == "supervised"].reset_index(drop=True)
+    out = pd.DataFrame(index=recipe_label(sup).rename("model"))
+    for col in [c[:-5] for c in sup.columns if c.endswith("_mean")]:
+        mean, std = sup[f"{col}_mean"].to_numpy(), sup[f"{col}_std"].fillna(0).to_numpy()
+        fmt = "{:.0f}" if col == "params" else "{:.3f} ± {:.3f}"
+        out[col.replace("_", " ")] = [fmt.format(m, s) if m == m else "" for m, s in zip(mean, std)]
+    out["seeds"] = sup["seeds"].to_numpy()
+    return out
 
 
 def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: str | Path, out: str | Path) -> None:
     tables, figures = Path(tables_dir), Path(figures_dir)
     metrics = pd.read_parquet(tables / "metrics.parquet")
+    summary = pd.read_parquet(tables / "summary.parquet")
     config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dlbench report</title><style>{STYLE}</style></head><body>",
              "<h1>dlbench results report</h1>",
@@ -81,7 +68,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: s
     for key, title, blurb in SECTIONS:
         parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2><p>{html.escape(blurb)}</p>")
         if key == "baseline" and (metrics["adapt"] == "supervised").any():
-            parts.append(baseline_table(metrics).to_html(classes="results", border=0))
+            parts.append(baseline_table(summary).to_html(classes="results", border=0))
             for name in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
                 if (figures / name).exists():
                     parts.append(_img(figures / name))
