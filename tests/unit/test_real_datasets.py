@@ -92,18 +92,17 @@ def test_cifar10_round_trip_and_stl_view(tmp_path: Path, cifar10_raw) -> None:
     np.testing.assert_array_equal(test.images, data["test_batch"][0])
     np.testing.assert_array_equal(test.labels, data["test_batch"][1])
 
-    stl = load_split(out, "test_stl10")  # the 9 shared classes; frog has no STL-10 image class
-    keep = data["test_batch"][1] != 6
-    np.testing.assert_array_equal(stl.images, data["test_batch"][0][keep])
+    stl = load_split(out, "test_stl10")  # all of CIFAR-10 test; frog scored as STL-10's monkey (the course's mapping)
+    np.testing.assert_array_equal(stl.images, data["test_batch"][0])
     names = [real.STL10_CLASSES[s] for s in stl.labels]
-    cifar_names = [real.CIFAR10_CLASSES[c] for c in data["test_batch"][1][keep]]
-    assert names == [{"automobile": "car"}.get(c, c) for c in cifar_names]
+    cifar_names = [real.CIFAR10_CLASSES[c] for c in data["test_batch"][1]]
+    assert names == [{"automobile": "car", "frog": "monkey"}.get(c, c) for c in cifar_names]
     assert real.CIFAR10_TO_STL10[real.CIFAR10_CLASSES.index("frog")] == real.STL10_CLASSES.index("monkey")
 
     meta = _meta(out)
     assert meta["classes"] == real.CIFAR10_CLASSES and meta["image_size"] == [32, 32, 3]
-    assert {k: v["n"] for k, v in meta["splits"].items()} == {"train": 10, "test": 10, "test_stl10": 9}
-    assert meta["splits"]["test_stl10"] == {"n": 9, "shift": "natural", "label_space": "stl10"}
+    assert {k: v["n"] for k, v in meta["splits"].items()} == {"train": 10, "test": 10, "test_stl10": 10}
+    assert meta["splits"]["test_stl10"] == {"n": 10, "shift": "natural", "label_space": "stl10"}
     assert meta["splits"]["test"]["shift"] == "id" and "{}" in meta["prompt_templates"][0]
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import time
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+MODEL = "shapes/tiny/none/supervised/none/none/seed0"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def clone_repo(src: Path, dst: Path) -> Path:
@@ -36,3 +45,13 @@ def snakemake(repo: Path, *args: str, config: str = "configs/smoke.yaml", timeou
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory, repo_root) -> Path:
     return clone_repo(repo_root, tmp_path_factory.mktemp("smoke") / "repo")
+
+
+@pytest.fixture(scope="session")
+def first_run(smoke_repo):
+    """Run the smoke config from scratch (empty DVC remote: datasets are built and pushed)."""
+    t0 = time.time()
+    snakemake(smoke_repo)
+    metrics = pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")
+    weights = sha(smoke_repo / f"results/models/{MODEL}/model.safetensors")
+    return {"metrics": metrics, "weights": weights, "seconds": time.time() - t0}

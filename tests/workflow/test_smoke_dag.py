@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -14,28 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import clone_repo, snakemake
+from .conftest import MODEL, sha, snakemake
 
 pytestmark = pytest.mark.workflow
 
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "split",
                   "shift", "severity", "acc", "ece", "nll", "brier", "n", "params", "nonzero_params", "size_bytes",
                   "latency_ms", "train_seconds"]
-MODEL = "shapes/tiny/none/supervised/none/none/seed0"
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def first_run(smoke_repo):
-    """Run the smoke config from scratch (empty DVC remote: datasets are built and pushed)."""
-    t0 = time.time()
-    snakemake(smoke_repo)
-    metrics = pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")
-    weights = sha(smoke_repo / f"results/models/{MODEL}/model.safetensors")
-    return {"metrics": metrics, "weights": weights, "seconds": time.time() - t0}
 
 
 def test_outputs_follow_the_contracts(smoke_repo, first_run):
@@ -105,7 +89,7 @@ def test_sigkill_midway_then_resume_gives_identical_model(smoke_repo, first_run,
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job: snakemake and the training process
     proc.wait()
     assert not (repo / target).exists()
-    snakemake(repo, target, "--rerun-triggers", "mtime")
+    snakemake(repo, target)
     log = (repo / "results/logs/supervised/shapes/tiny/seed0.log").read_text()
     assert "resuming from checkpoint" in log
     assert sha(repo / target) == first_run["weights"]

@@ -1,0 +1,21 @@
+"""The report's figures render in headless Chromium (skipped where no chromium is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium installed")
+def test_report_figures_decode_in_chromium(smoke_repo, first_run, tmp_path):
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(["bash", "scripts/check-report-render.sh", "results/report.html", str(shot)],
+                          cwd=smoke_repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    widths = proc.stdout.split("widths in px:")[1].splitlines()[0].strip().split(",")
+    assert len(widths) == 3 and all(int(w) > 100 for w in widths)
+    assert shot.stat().st_size > 10_000
