@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 import subprocess
@@ -23,7 +24,10 @@ def clone_repo(src: Path, dst: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, check=True,
                            capture_output=True, text=True).stdout.split("\0")
     for rel in filter(None, files):
-        if (src / rel).is_file():
+        if (src / rel).is_symlink():  # e.g. profiles -> workflow/profiles
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).symlink_to(os.readlink(src / rel))
+        elif (src / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, dst / rel)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -35,7 +39,7 @@ def clone_repo(src: Path, dst: Path) -> Path:
 
 def snakemake(repo: Path, *args: str, config: str = "configs/smoke.yaml", timeout: int = 600,
               check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = ["snakemake", "--cores", "2", "--configfile", config, *args]
+    cmd = ["snakemake", *args, "--cores", "2", "--configfile", config]  # --configfile takes several values: last
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dlbench.io import atomic_path
 from dlbench.provenance import dataset_hashes, package_versions
@@ -61,12 +62,14 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: s
     metrics = pd.read_parquet(tables / "metrics.parquet")
     summary = pd.read_parquet(tables / "summary.parquet")
     config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dlbench report</title><style>{STYLE}</style></head><body>",
-             "<h1>dlbench results report</h1>",
+    title = ((yaml.safe_load(config_text) or {}) if Path(config_path).exists() else {}).get("report", {}).get(
+        "title", "dlbench results report")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(metrics['model_id'].unique())} models x eval splits = {len(metrics)} rows in "
              f"<code>results/tables/metrics.parquet</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
-    for key, title, blurb in SECTIONS:
-        parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2><p>{html.escape(blurb)}</p>")
+    for key, heading, blurb in SECTIONS:
+        parts.append(f"<h2 id='{key}'>{html.escape(heading)}</h2><p>{html.escape(blurb)}</p>")
         if key == "baseline" and (metrics["adapt"] == "supervised").any():
             parts.append(baseline_table(summary).to_html(classes="results", border=0))
             for name in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
