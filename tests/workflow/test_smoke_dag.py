@@ -44,6 +44,14 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     assert meta["provenance"]["data_hash"] == lock["stages"]["shapes"]["outs"][0]["md5"]
 
 
+def test_snakemake_report_has_figures_with_captions(smoke_repo, first_run):
+    snakemake(smoke_repo, "--report", "smk-report.html")
+    text = (smoke_repo / "smk-report.html").read_text()
+    for figure in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
+        assert figure in text
+    assert "Accuracy against corruption severity" in text
+
+
 def test_dataset_bytes_match_committed_dvc_lock(smoke_repo, first_run, repo_root):
     committed = yaml.safe_load((repo_root / "dvc.lock").read_text())["stages"]
     rebuilt = yaml.safe_load((smoke_repo / "dvc.lock").read_text())["stages"]
@@ -59,7 +67,13 @@ def test_second_run_does_nothing_quickly(smoke_repo, first_run):
     assert elapsed < 15, elapsed
 
 
-def test_rerun_from_scratch_pulls_data_and_is_identical(smoke_repo, first_run):
+def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, first_run):
+    shutil.rmtree(smoke_repo / "data")
+    shutil.rmtree(smoke_repo / ".dvc/cache")
+    snakemake(smoke_repo, "datasets")
+    for name in ("shapes", "digits"):
+        log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
+        assert "pulled from the DVC remote" in log and "built" not in log, log
     shutil.rmtree(smoke_repo / "data")
     shutil.rmtree(smoke_repo / ".dvc/cache")
     shutil.rmtree(smoke_repo / "results")

@@ -46,6 +46,11 @@ def all_model_ids():
     return supervised_ids()
 
 
+def used_datasets():
+    """Every dataset a job of this config reads (training sets and eval sets)."""
+    return sorted({d for name in CFG["datasets"] for d in eval_datasets(CFG, name)})
+
+
 def dataset_marker(name):
     return f"{DATA}/{name}/meta.json"
 

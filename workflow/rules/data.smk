@@ -16,3 +16,9 @@ rule dataset:
         "../envs/dlbench.yaml"
     shell:
         "dlbench data fetch {wildcards.name} > {log} 2>&1"
+
+
+rule datasets:
+    """`snakemake datasets`: restore (pull) or build every dataset the config uses, nothing else."""
+    input:
+        [dataset_marker(name) for name in used_datasets()],

@@ -51,7 +51,7 @@ def fetch(stage: str, log=print) -> str:
         if pull.returncode == 0:
             log(f"dataset {stage}: pulled from the DVC remote")
             return "pulled"
-        log(f"dataset {stage}: not on the DVC remote yet ({pull.stderr.strip().splitlines()[-1:]}); building")
+        log(f"dataset {stage}: not on the DVC remote yet; building")
     else:
         log(f"dataset {stage}: code or params changed since dvc.lock; building")
     _dvc("repro", "--single-item", "--force", stage)
