@@ -26,7 +26,7 @@ def run(epochs, ckpt=None, stop_after=None, fingerprint="a"):
     torch.manual_seed(0)
     model = Tiny()
     obj = SupervisedObjective(model, AugmentConfig(crop_scale=(0.6, 1.0), flip=True, brightness=0.2))
-    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, seed=3, warmup_epochs=1)
+    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, seed=3, warmup_epochs=1, checkpoint_min_seconds=0)
     x, y = data()
     if stop_after is not None:  # simulate a crash: train a prefix of the schedule, keep its checkpoint
         cfg_full = cfg

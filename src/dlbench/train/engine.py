@@ -49,7 +49,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # epochs between checkpoints ...
+    checkpoint_min_seconds: float = 30.0  # ... and at least this long since the last one (bounds I/O overhead)
     amp: bool = True
     channels_last: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -162,6 +163,7 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
     labels_dev = labels.to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.amp) else _null_ctx()
 
+    last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -202,7 +204,9 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
         history.append(record)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         last = epoch + 1 == cfg.epochs
-        if checkpoint_path is not None and not last and (epoch + 1) % cfg.checkpoint_every == 0:
+        due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - last_save >= cfg.checkpoint_min_seconds
+        if checkpoint_path is not None and not last and due:
+            last_save = time.perf_counter()
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": {"step": (epoch + 1) * steps_per_epoch},
