@@ -10,6 +10,7 @@ to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -161,7 +162,7 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
 
     images_dev = images.to(device) if use_cuda else images
     labels_dev = labels.to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.amp) else _null_ctx()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.amp) else contextlib.nullcontext()
 
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -213,14 +214,6 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
                 "rng": _rng_state(), "history": history, "config": asdict(cfg)})
     model.eval()
     return history
-
-
-class _null_ctx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def remove_checkpoint(path: Path | None) -> None:
