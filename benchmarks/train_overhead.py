@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 import yaml
 
-from dlbench.config import validate
+from dlbench.config import supervised_recipe, validate
 from dlbench.data.augment import AugmentConfig, normalize
 from dlbench.models.backbones import build_classifier
 from dlbench.train.engine import TrainConfig, fit, make_optimizer
@@ -68,9 +67,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg_all = validate(yaml.safe_load(Path(args.config).read_text()))
     run = cfg_all["supervised"]["runs"][0]
-    spec = cfg_all["backbones"][run["backbone"]]
-    train = {**cfg_all["supervised"]["train"], **run.get("train", {}), "epochs": args.epochs}
-    cfg = TrainConfig(seed=0, **train)
+    recipe = supervised_recipe(cfg_all, run["dataset"], run["backbone"], seed=0)
+    spec = recipe["backbone_spec"]
+    cfg = TrainConfig(seed=0, **{**recipe["train"], "epochs": args.epochs})
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.n, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.n,), generator=g)

@@ -21,6 +21,14 @@ METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensem
                   "shift", "severity", "acc", "ece", "nll", "brier", "n", "params", "nonzero_params", "size_bytes",
                   "latency_ms", "train_seconds"]
 
+METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
+
+
+def assert_same_metrics(first_run: dict, repo: Path) -> None:
+    """The metric values in ``repo``'s metrics.parquet equal those of the first smoke run, exactly."""
+    again = pd.read_parquet(repo / "results/tables/metrics.parquet")
+    pd.testing.assert_frame_equal(first_run["metrics"][METRIC_VALUES], again[METRIC_VALUES])
+
 
 def test_outputs_follow_the_contracts(smoke_repo, first_run):
     m = first_run["metrics"]
@@ -82,9 +90,7 @@ def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, 
     for name in ("shapes", "digits"):
         log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
         assert "pulled from the DVC remote" in log and "built" not in log, log
-    again = pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")
-    cols = ["model_id", "split", "acc", "ece", "nll", "brier"]
-    pd.testing.assert_frame_equal(first_run["metrics"][cols], again[cols])
+    assert_same_metrics(first_run, smoke_repo)
     assert sha(smoke_repo / f"results/models/{MODEL}/model.safetensors") == first_run["weights"]
 
 
@@ -125,6 +131,4 @@ def test_sigkill_midway_then_resume_gives_identical_model(smoke_repo, first_run)
     assert sha(repo / target) == first_run["weights"]
     assert not ckpt.exists()  # removed once the final model is written
     snakemake(repo)  # evaluation of the resumed model gives the same metrics
-    again = pd.read_parquet(repo / "results/tables/metrics.parquet")
-    cols = ["model_id", "split", "acc", "ece", "nll", "brier"]
-    pd.testing.assert_frame_equal(first_run["metrics"][cols], again[cols])
+    assert_same_metrics(first_run, repo)

@@ -62,8 +62,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: s
     metrics = pd.read_parquet(tables / "metrics.parquet")
     summary = pd.read_parquet(tables / "summary.parquet")
     config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
-    title = ((yaml.safe_load(config_text) or {}) if Path(config_path).exists() else {}).get("report", {}).get(
-        "title", "dlbench results report")
+    config = (yaml.safe_load(config_text) if Path(config_path).exists() else None) or {}
+    title = (config.get("report") or {}).get("title", "dlbench results report")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(metrics['model_id'].unique())} models x eval splits = {len(metrics)} rows in "
