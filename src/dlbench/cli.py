@@ -59,8 +59,44 @@ def cmd_train_supervised(args: argparse.Namespace) -> None:
     print(f"trained {meta['model_id']} in {meta['train_seconds']:.1f}s")
 
 
+def cmd_train_pretrain(args: argparse.Namespace) -> None:
+    from dlbench.pretrain.run import pretrain
+    from dlbench.train.engine import set_threads
+
+    set_threads(args.threads)
+    meta = pretrain(_recipe(args.recipe), args.data_root, args.out, args.checkpoint, device=args.device)
+    print(f"pretrained {meta['model_id']} in {meta['train_seconds']:.1f}s")
+
+
+def cmd_train_adapt(args: argparse.Namespace) -> None:
+    from dlbench.adapt.run import adapt
+    from dlbench.train.engine import set_threads
+
+    set_threads(args.threads)
+    outs = dict(item.split("=", 1) for item in args.out)
+    recipe = _recipe(args.recipe)
+    if args.checkpoint_dir:
+        recipe["checkpoints"] = {name: str(Path(args.checkpoint_dir) / f"{name}.pt") for name in outs}
+    results = adapt(recipe, args.pretrained, args.data_root, outs, args.tsne, device=args.device)
+    for name, meta in results.items():
+        print(f"adapted {meta['model_id']} in {meta['adapt_seconds']:.1f}s")
+
+
+def cmd_train_list(args: argparse.Namespace) -> None:
+    from dlbench.adapt.base import load_all as load_protocols
+    from dlbench.pretrain.base import load_all as load_methods
+
+    print("pretrain methods (config: pretrain.runs[].methods):")
+    for name in load_methods().names():
+        cls = load_methods().get(name)
+        print(f"  {name:<20} {cls.family:<13} {'(ViT only)' if cls.requires == 'vit' else ''}")
+    print("adapt protocols (config: adapt.protocols):")
+    for name in load_protocols().names():
+        print(f"  {name:<20} {load_protocols().get(name).description}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dlbench.evaluate.predict import EvalSplit, evaluate_model
+    from dlbench.evaluate.predict import EvalSplit, evaluate_models
     from dlbench.train.engine import set_threads
 
     set_threads(args.threads)
@@ -68,7 +104,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         splits = [EvalSplit.parse(s) for s in args.split]
     except ValueError as e:
         raise SystemExit(f"--split: {e}") from None
-    evaluate_model(args.model, splits, args.data_root, args.out, args.costs, device=args.device)
+    if not (len(args.model) == len(args.out) == len(args.costs)):
+        raise SystemExit("--model, --out and --costs need the same number of values (one per model)")
+    evaluate_models(list(zip(args.model, args.out, args.costs)), splits, args.data_root, device=args.device)
 
 
 def cmd_report_aggregate(args: argparse.Namespace) -> None:
@@ -80,7 +118,7 @@ def cmd_report_aggregate(args: argparse.Namespace) -> None:
 def cmd_report_figures(args: argparse.Namespace) -> None:
     from dlbench.report.figures import make_figures
 
-    make_figures(args.tables, args.out_dir)
+    make_figures(args.tables, args.out_dir, tsne_dir=args.tsne)
 
 
 def cmd_report_html(args: argparse.Namespace) -> None:
@@ -120,13 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(fn=cmd_train_supervised)
+    pt = t.add_parser("pretrain", help="self-supervised pretraining of a backbone on the unlabeled split")
+    pt.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
+    pt.add_argument("--data-root", default="data")
+    pt.add_argument("--out", required=True, help="model directory to write (backbone only)")
+    pt.add_argument("--checkpoint", help="resumable checkpoint path (resumed if present)")
+    pt.add_argument("--threads", type=int, default=0)
+    pt.add_argument("--device", default="auto")
+    pt.set_defaults(fn=cmd_train_pretrain)
+    ad = t.add_parser("adapt", help="adapt a pretrained backbone with evaluation protocols (one model each)")
+    ad.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
+    ad.add_argument("--pretrained", required=True, help="pretrained model directory")
+    ad.add_argument("--data-root", default="data")
+    ad.add_argument("--out", nargs="+", required=True, help="PROTOCOL=MODEL_DIR for each protocol to write")
+    ad.add_argument("--tsne", help="Parquet file for the t-SNE of test embeddings (before/after fine-tuning)")
+    ad.add_argument("--checkpoint-dir", help="directory for resumable fine-tuning checkpoints")
+    ad.add_argument("--threads", type=int, default=0)
+    ad.add_argument("--device", default="auto")
+    ad.set_defaults(fn=cmd_train_adapt)
+    tl = t.add_parser("list", help="list registered pretrain methods and adapt protocols")
+    tl.set_defaults(fn=cmd_train_list)
 
     e = sub.add_parser("evaluate", help="run a model once on eval splits, cache logits (Parquet) and costs")
-    e.add_argument("--model", required=True, help="model directory")
-    e.add_argument("--split", nargs="+", required=True, help="NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY] ...")
+    e.add_argument("--model", nargs="+", required=True, help="model directories (several share the eval data)")
+    e.add_argument("--split", nargs="+", required=True,
+                   help="NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY[:MAX_IMAGES]] ...")
     e.add_argument("--data-root", default="data")
-    e.add_argument("--out", required=True, help="logits Parquet file to write")
-    e.add_argument("--costs", required=True, help="costs JSON file to write")
+    e.add_argument("--out", nargs="+", required=True, help="logits Parquet file to write, one per model")
+    e.add_argument("--costs", nargs="+", required=True, help="costs JSON file to write, one per model")
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_evaluate)
@@ -140,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg = r.add_parser("figures", help="tables -> figures (PNG)")
     fg.add_argument("--tables", default="results/tables")
     fg.add_argument("--out-dir", default="results/figures")
+    fg.add_argument("--tsne", default=None, help="t-SNE directory of the adapt jobs (results/tsne)")
     fg.set_defaults(fn=cmd_report_figures)
     h = r.add_parser("html", help="tables + figures -> self-contained results/report.html")
     h.add_argument("--tables", default="results/tables")

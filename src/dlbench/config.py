@@ -52,6 +52,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     cfg["threads"].setdefault("evaluate", 1)
     cfg.setdefault("report", {})
     for ds in cfg["datasets"].values():
+        ds.setdefault("unlabeled_split", "unlabeled")
         ds.setdefault("train_split", "train")
         ds.setdefault("val_split", "val")
         if "corruptions" in ds:
@@ -98,7 +99,54 @@ def check(config: dict[str, Any]) -> dict[str, Any]:
         if key in seen:
             raise ConfigError(f"supervised.runs[{i}]: {key} is listed twice (model ids would collide)")
         seen.add(key)
+    if "pretrain" in cfg:
+        _check_pretrain(cfg)
     return cfg
+
+
+def _is_vit(spec: dict[str, Any]) -> bool:
+    return any(tag in spec["timm"] for tag in ("vit", "deit", "beit", "eva"))
+
+
+def _check_pretrain(cfg: dict[str, Any]) -> None:
+    """Registry names of methods and protocols, ViT-only methods on ViTs, runs against datasets/backbones."""
+    from dlbench.adapt.base import load_all as load_protocols
+    from dlbench.pretrain.base import load_all as load_methods
+
+    methods, protocols = load_methods(), load_protocols()
+    for name in cfg["pretrain"].get("methods", {}):
+        if name not in methods:
+            raise ConfigError(f"pretrain.methods.{name}: unknown pretrain method {name!r}; known: {', '.join(methods.names())}")
+    seen = set()
+    for i, run in enumerate(cfg["pretrain"]["runs"]):
+        where = f"pretrain.runs[{i}]"
+        if run["dataset"] not in cfg["datasets"]:
+            raise ConfigError(f"{where}.dataset: {run['dataset']!r} is not under datasets:")
+        if run["backbone"] not in cfg["backbones"]:
+            raise ConfigError(f"{where}.backbone: unknown backbone {run['backbone']!r}; defined: {', '.join(cfg['backbones'])}")
+        for m in run["methods"]:
+            if m not in methods:
+                raise ConfigError(f"{where}.methods: unknown pretrain method {m!r}; known: {', '.join(methods.names())}")
+            if methods.get(m).requires == "vit" and not _is_vit(cfg["backbones"][run["backbone"]]):
+                raise ConfigError(f"{where}.methods: {m!r} needs a Vision Transformer backbone; "
+                                  f"{run['backbone']!r} is timm {cfg['backbones'][run['backbone']]['timm']!r}")
+            key = (run["dataset"], run["backbone"], m)
+            if key in seen:
+                raise ConfigError(f"{where}: {key} is listed twice (model ids would collide)")
+            seen.add(key)
+    adapt = cfg.get("adapt") or {}
+    if not adapt:
+        raise ConfigError("pretrain: needs an adapt: section with protocols (a pretrained backbone alone is never evaluated)")
+    for p in adapt["protocols"]:
+        if p not in protocols:
+            raise ConfigError(f"adapt.protocols: unknown adapt protocol {p!r}; known: {', '.join(protocols.names())}")
+    for key in adapt:
+        if key not in ("protocols", "tsne_points") and key not in protocols:
+            raise ConfigError(f"unknown config key adapt.{key}; allowed here: protocols, tsne_points, "
+                              f"{', '.join(protocols.names())}")
+    for p in ("finetune", "lpft"):
+        if p in adapt["protocols"] and "train" not in adapt.get(p, {}):
+            raise ConfigError(f"adapt.{p}.train: required when {p!r} is in adapt.protocols")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -129,9 +177,10 @@ def eval_split_specs(cfg: dict[str, Any], dataset: str) -> list[str]:
                     specs.append(f"{prefix}{t}-{s}={other}:{t}-{s}")
     if "corruptions" in ds:
         c = ds["corruptions"]
+        tail = f":{c['max_images']}" if c.get("max_images") else ""
         for t in c["types"]:
             for s in c["severities"]:
-                specs.append(f"{c['source']}.{t}-{s}={dataset}:{c['source']}:{t}:{s}")
+                specs.append(f"{c['source']}.{t}-{s}={dataset}:{c['source']}:{t}:{s}{tail}")
     return specs
 
 
@@ -153,6 +202,39 @@ def supervised_recipe(cfg: dict[str, Any], dataset: str, backbone: str, seed: in
         "train": {**sup["train"], **run.get("train", {})},
         "augment": {**sup.get("augment", {}), **run.get("augment", {})},
         "label_smoothing": sup.get("label_smoothing", 0.0),
+    }
+
+
+def pretrain_runs(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(dataset, backbone, method, seed) for every pretraining run of the config."""
+    return [(r["dataset"], r["backbone"], m, s) for r in (cfg.get("pretrain") or {}).get("runs", [])
+            for m in r["methods"] for s in r.get("seeds", cfg["seeds"])]
+
+
+def pretrain_recipe(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> dict[str, Any]:
+    """The self-contained recipe of one pretraining run (method overrides on top of the shared settings)."""
+    pre = cfg["pretrain"]
+    over = (pre.get("methods") or {}).get(method, {})
+    ds = cfg["datasets"][dataset]
+    return {
+        "dataset": dataset, "backbone": backbone, "backbone_spec": cfg["backbones"][backbone],
+        "pretrain": method, "seed": int(seed),
+        "unlabeled_split": ds["unlabeled_split"], "train_split": ds["train_split"], "val_split": ds["val_split"],
+        "train": {**pre["train"], **over.get("train", {})},
+        "views": {**pre.get("views", {}), **over.get("views", {})},
+        "params": dict(over.get("params", {})),
+    }
+
+
+def adapt_recipe(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> dict[str, Any]:
+    """The recipe of one adapt job: every configured protocol's params for one pretrained backbone."""
+    adapt = cfg["adapt"]
+    ds = cfg["datasets"][dataset]
+    return {
+        "dataset": dataset, "backbone": backbone, "pretrain": method, "seed": int(seed),
+        "train_split": ds["train_split"], "val_split": ds["val_split"],
+        "protocols": {p: adapt.get(p, {}) for p in adapt["protocols"]},
+        "tsne_points": int(adapt.get("tsne_points", 500)),
     }
 
 

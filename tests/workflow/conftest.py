@@ -40,7 +40,9 @@ def clone_repo(src: Path, dst: Path) -> Path:
 def snakemake(repo: Path, *args: str, config: str = "configs/smoke.yaml", timeout: int = 600,
               check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = ["snakemake", *args, "--cores", "2", "--configfile", config]  # --configfile takes several values: last
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
+    # the clone's own package first: a test that adds a module to the clone sees it in every job
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -5,12 +5,16 @@ from snakemake.exceptions import WorkflowError
 
 from dlbench.config import (
     ConfigError,
+    adapt_recipe,
     check,
     eval_datasets,
     eval_split_specs,
+    pretrain_recipe,
+    pretrain_runs,
     recipe_json,
     supervised_recipe,
 )
+from dlbench.pretrain.base import load_all as load_pretrain_methods
 from dlbench.report.figures import FIGURES
 
 try:
@@ -31,6 +35,15 @@ wildcard_constraints:
     seed="[0-9]+",
 
 MODEL = "{dataset}/{backbone}/{pretrain}/{adapt}/{ensemble}/{compress}/seed{seed}"
+# A pretrained backbone (no head: adapted, never evaluated itself) and its adapted classifiers.
+PRETRAINED = "{dataset}/{backbone}/{pretrain}/none/none/none/seed{seed}"
+PROTOCOLS = (CFG.get("adapt") or {}).get("protocols", [])
+PRETRAIN_METHODS = "|".join(load_pretrain_methods().names())
+
+
+def adapted(pattern, **fixed):
+    """One path per configured protocol; ``pattern`` uses {{wildcards}} and {adapt}."""
+    return expand(pattern, adapt=PROTOCOLS, **fixed)
 
 
 def supervised_ids():
@@ -42,8 +55,21 @@ def supervised_ids():
     ]
 
 
+def pretrained_ids():
+    return [f"{d}/{b}/{m}/none/none/none/seed{s}" for d, b, m, s in pretrain_runs(CFG)]
+
+
+def adapted_ids():
+    return [f"{d}/{b}/{m}/{a}/none/none/seed{s}" for d, b, m, s in pretrain_runs(CFG) for a in PROTOCOLS]
+
+
+def tsne_files():
+    return [f"results/tsne/{d}/{b}/{m}/seed{s}.parquet" for d, b, m, s in pretrain_runs(CFG)]
+
+
 def all_model_ids():
-    return supervised_ids()
+    """Every evaluated model of the config."""
+    return supervised_ids() + adapted_ids()
 
 
 def used_datasets():
@@ -68,3 +94,12 @@ def eval_split_args(wildcards):
 
 def supervised_recipe_json(wildcards):
     return recipe_json(supervised_recipe(CFG, wildcards.dataset, wildcards.backbone, int(wildcards.seed)))
+
+
+def pretrain_recipe_json(wildcards):
+    return recipe_json(pretrain_recipe(CFG, wildcards.dataset, wildcards.backbone, wildcards.pretrain,
+                                       int(wildcards.seed)))
+
+
+def adapt_recipe_json(wildcards):
+    return recipe_json(adapt_recipe(CFG, wildcards.dataset, wildcards.backbone, wildcards.pretrain, int(wildcards.seed)))

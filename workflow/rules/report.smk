@@ -5,6 +5,7 @@ rule aggregate:
     input:
         logits=expand("results/predictions/{model}/logits.parquet", model=all_model_ids()),
         meta=expand("results/models/{model}/model.json", model=all_model_ids()),
+        pretrained=expand("results/models/{model}/history.json", model=pretrained_ids()),
     output:
         metrics="results/tables/metrics.parquet",
         history="results/tables/history.parquet",
@@ -24,6 +25,7 @@ rule figures:
     input:
         metrics="results/tables/metrics.parquet",
         history="results/tables/history.parquet",
+        tsne=tsne_files(),
     output:
         report(
             "results/figures/id_vs_ood.png",
@@ -40,6 +42,21 @@ rule figures:
             caption="../report/training_curves.rst",
             category="Supervised baseline",
         ),
+        report(
+            "results/figures/ssl_protocols.png",
+            caption="../report/ssl_protocols.rst",
+            category="Self-supervised pretraining",
+        ),
+        report(
+            "results/figures/ssl_collapse.png",
+            caption="../report/ssl_collapse.rst",
+            category="Self-supervised pretraining",
+        ),
+        report(
+            "results/figures/ssl_tsne.png",
+            caption="../report/ssl_tsne.rst",
+            category="Self-supervised pretraining",
+        ),
     log:
         "results/logs/report/figures.log",
     benchmark:
@@ -47,13 +64,14 @@ rule figures:
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report figures --tables results/tables --out-dir results/figures > {log} 2>&1"
+        "dlbench report figures --tables results/tables --tsne results/tsne --out-dir results/figures > {log} 2>&1"
 
 
 rule report_html:
     input:
         metrics="results/tables/metrics.parquet",
         summary="results/tables/summary.parquet",
+        history="results/tables/history.parquet",
         figures=expand("results/figures/{figure}", figure=FIGURES),
     output:
         report(

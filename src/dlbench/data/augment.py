@@ -45,8 +45,10 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
     return torch.rand(n, generator=gen) * (hi - lo) + lo
 
 
-def random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Crop a random box (area in ``crop_scale``, aspect in ``crop_ratio``) per image, resize back."""
+def random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                             out_size: int | None = None) -> torch.Tensor:
+    """Crop a random box (area in ``crop_scale``, aspect in ``crop_ratio``) per image, resize to
+    ``out_size`` x ``out_size`` (default: the input size)."""
     n = x.shape[0]
     area = _uniform(n, *cfg.crop_scale, gen)
     log_r = _uniform(n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), gen)
@@ -61,7 +63,8 @@ def random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Gen
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    shape = list(x.shape) if out_size is None else [n, x.shape[1], out_size, out_size]
+    grid = F.affine_grid(theta.to(x.device, x.dtype), shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 

@@ -24,3 +24,27 @@ def load_tensors(data_root: str | Path, dataset: str, split: str) -> tuple[torch
 
 def dataset_meta(data_root: str | Path, dataset: str) -> dict:
     return read_meta(dataset_dir(data_root, dataset))
+
+
+def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ~n/K indices of every class, in dataset order (deterministic, class-balanced)."""
+    classes = torch.unique(labels)
+    per = max(1, n // len(classes))
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per] for c in classes])
+    return idx.sort().values
+
+
+def labeled_splits(data_root: str | Path, dataset: str, train_split: str, val_split: str | None,
+                   val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, labels, val images, labels); without a val split (STL-10), a class-balanced
+    ``val_fraction`` of the train split is held out (the first images of each class, deterministic)."""
+    x, y, _ = load_tensors(data_root, dataset, train_split)
+    if (y < 0).any():
+        raise ValueError(f"{dataset}:{train_split} has unlabeled images; this stage needs labels")
+    if val_split:
+        vx, vy, _ = load_tensors(data_root, dataset, val_split)
+        return x, y, vx, vy
+    held = balanced_subset(y, max(len(torch.unique(y)), int(len(y) * val_fraction)))
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    return x[keep], y[keep], x[held], y[held]

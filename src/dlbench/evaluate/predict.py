@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dlbench.data.augment import normalize
-from dlbench.data.loader import load_tensors
+from dlbench.data.loader import balanced_subset, load_tensors
 from dlbench.io import atomic_path, write_json
 
 
@@ -32,20 +32,22 @@ class EvalSplit:
     split: str
     corruption: str | None = None
     severity: int | None = None
+    max_images: int | None = None  # corruptions only: a class-balanced subset of the clean split
 
     @classmethod
     def parse(cls, text: str) -> "EvalSplit":
-        """``NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY]``."""
+        """``NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY[:MAX_IMAGES]]``."""
         name, sep, rest = text.partition("=")
         parts = rest.split(":")
-        if not sep or len(parts) not in (2, 4) or not all(parts) or not name:
-            raise ValueError(f"bad eval split {text!r}; expected NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY]")
-        if len(parts) == 4:
-            return cls(name, parts[0], parts[1], parts[2], int(parts[3]))
+        if not sep or len(parts) not in (2, 4, 5) or not all(parts) or not name:
+            raise ValueError(f"bad eval split {text!r}; expected NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY[:MAX_IMAGES]]")
+        if len(parts) >= 4:
+            return cls(name, parts[0], parts[1], parts[2], int(parts[3]), int(parts[4]) if len(parts) == 5 else None)
         return cls(name, parts[0], parts[1])
 
     def __str__(self) -> str:
         tail = f":{self.corruption}:{self.severity}" if self.corruption else ""
+        tail += f":{self.max_images}" if self.max_images else ""
         return f"{self.name}={self.dataset}:{self.split}{tail}"
 
 
@@ -73,6 +75,10 @@ def split_images(data_root: str | Path, spec: EvalSplit, seed: int = 0) -> tuple
             "corruption": split.info.get("corruption"), "severity": split.info.get("severity")}
     if spec.corruption:
         from dlbench.data.corruptions import corrupt
+
+        if spec.max_images and spec.max_images < len(labels):
+            keep = balanced_subset(labels, spec.max_images)
+            images, labels = images[keep], labels[keep]
 
         nchw = corrupt(images.permute(0, 3, 1, 2), spec.corruption, int(spec.severity), seed=seed)
         images = nchw.permute(0, 2, 3, 1).contiguous()
@@ -128,36 +134,61 @@ def measure_latency(model: torch.nn.Module, input_size: tuple[int, int], device:
     return float(np.median(times))
 
 
-def evaluate_model(model_dir: str | Path, splits: list[EvalSplit], data_root: str | Path, out: str | Path,
-                   costs_out: str | Path, device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Write all splits' logits to ``out`` (one Parquet) and the model's costs to ``costs_out``."""
-    from dlbench.models.checkpoint import WEIGHTS, load_model
+def model_costs(model: torch.nn.Module, model_dir: Path, meta: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    from dlbench.models.checkpoint import WEIGHTS
+
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
+                                                               if b.is_floating_point() and b.ndim > 1)
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    return {"params": int(params), "nonzero_params": int(nonzero),
+            "size_bytes": Path(model_dir, WEIGHTS).stat().st_size,
+            "latency_ms": measure_latency(model, tuple(meta["input_size"]), dev), "latency_device": str(dev),
+            "train_seconds": float(meta.get("train_seconds", 0.0))}
+
+
+def evaluate_models(jobs: list[tuple[str | Path, str | Path, str | Path]], splits: list[EvalSplit],
+                    data_root: str | Path, device: str = "auto", seed: int = 0) -> list[dict[str, Any]]:
+    """For each ``(model_dir, logits_out, costs_out)``: every split's logits (one Parquet) and the costs.
+
+    Several models in one call share the loading (and, for corruptions, the computing) of each
+    eval split, which is most of the cost for small models; each model's files are the same as
+    when it is evaluated alone.
+    """
+    from dlbench.models.checkpoint import load_model
     from dlbench.train.engine import pick_device
 
     dev = pick_device(device)
-    model, meta = load_model(model_dir)
-    model.to(dev)
-    input_size = tuple(meta["input_size"])
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate eval split names in {names}")
-    results = []
+    models = []
+    for model_dir, _, _ in jobs:
+        model, meta = load_model(model_dir)
+        models.append((model.to(dev).to(memory_format=torch.channels_last), meta))
+    results: list[list] = [[] for _ in jobs]
     for i, spec in enumerate(splits):
         t0 = time.perf_counter()
         images, labels, info = split_images(data_root, spec, seed=seed)
-        logits = predict_logits(model, images, device=dev, input_size=input_size).numpy()
-        if logits.shape[1] <= int(labels.max()):
-            raise ValueError(f"eval split {spec}: label {int(labels.max())} outside the model's {logits.shape[1]} classes")
-        results.append((spec.name, logits, labels.numpy(), info))
-        acc = float((logits.argmax(1) == labels.numpy()).mean())
-        print(f"[{i + 1}/{len(splits)}] {spec.name}: n={len(labels)} acc={acc:.4f} ({time.perf_counter() - t0:.1f}s)",
-              flush=True)
-    write_logits(out, results)
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    costs = {"params": int(params), "nonzero_params": int(nonzero),
-             "size_bytes": Path(model_dir, WEIGHTS).stat().st_size,
-             "latency_ms": measure_latency(model, input_size, dev), "latency_device": str(dev),
-             "train_seconds": float(meta.get("train_seconds", 0.0))}
-    write_json(costs_out, costs)
-    return costs
+        accs = []
+        for (model, meta), res in zip(models, results):
+            logits = predict_logits(model, images, device=dev, input_size=tuple(meta["input_size"])).numpy()
+            if logits.shape[1] <= int(labels.max()):
+                raise ValueError(f"eval split {spec}: label {int(labels.max())} outside the model's "
+                                 f"{logits.shape[1]} classes")
+            res.append((spec.name, logits, labels.numpy(), info))
+            accs.append(float((logits.argmax(1) == labels.numpy()).mean()))
+        print(f"[{i + 1}/{len(splits)}] {spec.name}: n={len(labels)} acc={' '.join(f'{a:.4f}' for a in accs)} "
+              f"({time.perf_counter() - t0:.1f}s)", flush=True)
+    all_costs = []
+    for (model_dir, out, costs_out), (model, meta), res in zip(jobs, models, results):
+        write_logits(out, res)
+        costs = model_costs(model, Path(model_dir), meta, dev)
+        write_json(costs_out, costs)
+        all_costs.append(costs)
+    return all_costs
+
+
+def evaluate_model(model_dir: str | Path, splits: list[EvalSplit], data_root: str | Path, out: str | Path,
+                   costs_out: str | Path, device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Write all splits' logits to ``out`` (one Parquet) and the model's costs to ``costs_out``."""
+    return evaluate_models([(model_dir, out, costs_out)], splits, data_root, device=device, seed=seed)[0]

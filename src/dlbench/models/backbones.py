@@ -48,12 +48,12 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head; ``features`` exposes the embedding for probes and t-SNE."""
+    """Backbone + head (linear unless given); ``features`` exposes the embedding for probes and t-SNE."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, num_classes)
+        self.head = head if head is not None else nn.Linear(backbone.num_features, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -14,7 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dlbench.io import atomic_path, read_json, write_json
-from dlbench.models.backbones import Classifier, build_classifier
+from dlbench.models.backbones import Classifier, build_backbone
+from dlbench.models.heads import build_head
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -43,14 +44,35 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}); delete it and rerun") from None
 
 
-def load_model(model_dir: str | Path) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild the classifier from ``model.json`` and load its safetensors weights."""
-    model_dir = Path(model_dir)
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
     try:
-        meta = read_json(model_dir / META)
+        return read_json(Path(model_dir) / META)
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(str(e)) from None
-    model = build_classifier(meta["backbone_spec"], meta["num_classes"])
+
+
+def load_backbone(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The backbone of any model directory (a pretrained backbone or a full classifier)."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    backbone = build_backbone(meta["backbone_spec"])
+    state = {k[len("backbone."):]: v for k, v in load_state(model_dir / WEIGHTS).items() if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{model_dir / WEIGHTS}: backbone weights do not fit {META}: {e}") from None
+    return backbone, meta
+
+
+def load_model(model_dir: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the classifier (backbone + the head kind in ``model.json``) and load its weights."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    if not meta.get("num_classes"):
+        raise CheckpointError(f"{model_dir}: a pretrained backbone without a classifier head; adapt it first")
+    backbone = build_backbone(meta["backbone_spec"])
+    model = Classifier(backbone, meta["num_classes"], build_head(meta.get("head"), backbone.num_features,
+                                                                  meta["num_classes"]))
     state = load_state(model_dir / WEIGHTS)
     try:
         model.load_state_dict(state)

@@ -13,7 +13,8 @@ import seaborn as sns  # noqa: E402
 
 from dlbench.io import atomic_path  # noqa: E402
 
-FIGURES = ("id_vs_ood.png", "corruption_severity.png", "training_curves.png")
+FIGURES = ("id_vs_ood.png", "corruption_severity.png", "training_curves.png",
+           "ssl_protocols.png", "ssl_collapse.png", "ssl_tsne.png")
 
 
 def recipe_label(df: pd.DataFrame) -> pd.Series:
@@ -88,11 +89,17 @@ def training_curves(history: pd.DataFrame, path: Path) -> None:
     _save(g.figure, path)
 
 
-def make_figures(tables_dir: str | Path, out_dir: str | Path) -> None:
+def make_figures(tables_dir: str | Path, out_dir: str | Path, tsne_dir: str | Path | None = None) -> None:
+    """Every figure of FIGURES; the SSL ones are placeholders when the config has no SSL models
+    (``tsne_dir``: results/tsne, the per-model t-SNE embeddings; None = no t-SNE figure data)."""
+    from dlbench.report.ssl import make_ssl_figures  # ssl imports this module's helpers
+
     tables, out = Path(tables_dir), Path(out_dir)
     sns.set_theme(style="whitegrid", context="paper")
     metrics = pd.read_parquet(tables / "metrics.parquet")
     history = pd.read_parquet(tables / "history.parquet")
-    id_vs_ood(metrics, out / "id_vs_ood.png")
-    corruption_severity(metrics, out / "corruption_severity.png")
-    training_curves(history, out / "training_curves.png")
+    sup, sup_history = metrics[metrics["adapt"] == "supervised"], history[history["adapt"] == "supervised"]
+    id_vs_ood(sup, out / "id_vs_ood.png")  # the baseline section's figures: supervised models only
+    corruption_severity(sup, out / "corruption_severity.png")
+    training_curves(sup_history, out / "training_curves.png")
+    make_ssl_figures(metrics, history, tsne_dir, out)

@@ -13,6 +13,7 @@ import yaml
 from dlbench.io import atomic_path
 from dlbench.provenance import dataset_hashes, package_versions
 from dlbench.report.figures import recipe_label
+from dlbench.report.ssl import COLLAPSE_THRESHOLD, collapse_flags, protocol_table, ssl_summary
 
 SECTIONS = [
     ("baseline", "Supervised baseline",
@@ -30,13 +31,23 @@ table{border-collapse:collapse;font-size:0.85em;margin:1em 0}th,td{border:1px so
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em}.empty{color:#888;font-style:italic}
+.alert{color:#fff;background:#c00;padding:0.5em 1em;font-weight:bold}table.alert-table td{color:#c00}
 """
 
 CAPTIONS = {
     "id_vs_ood.png": "ID accuracy against mean OOD accuracy per shift kind. Points below the dashed line lose accuracy under shift.",
     "corruption_severity.png": "Accuracy against corruption severity (0 = clean ID test), per corruption type; band: std over seeds.",
     "training_curves.png": "Training loss and accuracy, validation accuracy per epoch; band: std over seeds.",
+    "ssl_protocols.png": "ID accuracy (top) and mean OOD accuracy over shift kinds (bottom) per pretraining "
+                         "method and evaluation protocol, mean ± std over seeds. Dashed line and band: supervised "
+                         "training from scratch on the same backbone. 'random init': the untrained backbone.",
+    "ssl_collapse.png": "Pretraining curves. Left: std of l2-normalised validation embeddings x sqrt(dim) "
+                        "(~1 well spread, -> 0 collapsed; dashed red: collapse threshold). Right: online kNN "
+                        "accuracy on the val split. Mean over seeds, band: std.",
+    "ssl_tsne.png": "t-SNE of validation features per method (first seed), coloured by class: frozen pretrained "
+                    "features, and after fine-tuning where available.",
 }
+SSL_FIGURES = ("ssl_protocols.png", "ssl_collapse.png", "ssl_tsne.png")
 
 
 def _img(path: Path) -> str:
@@ -57,10 +68,41 @@ def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def collapse_html(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) -> str:
+    """The collapsed pretraining runs as a red-flagged table, or one sentence saying none did."""
+    flags = collapse_flags(history, threshold)
+    bad = flags[flags["collapsed"]]
+    if flags.empty:
+        return "<p class='empty'>No collapse monitor (val_emb_std_norm) logged by any pretraining run.</p>"
+    if bad.empty:
+        return (f"<p>No pretraining run collapsed (final std·sqrt(d) ≥ {threshold:g} "
+                f"for all {len(flags)} runs).</p>")
+    table = bad.drop(columns=["collapsed"]).rename(columns=lambda c: c.replace("_", " "))
+    return (f"<p class='alert'>WARNING: {len(bad)} of {len(flags)} pretraining runs collapsed "
+            f"(final std·sqrt(d) &lt; {threshold:g}); their probes measure a collapsed representation.</p>"
+            + table.to_html(index=False, border=0, classes="alert-table", float_format="{:.4f}".format))
+
+
+def ssl_section(metrics: pd.DataFrame, history: pd.DataFrame, figures: Path,
+                threshold: float = COLLAPSE_THRESHOLD) -> list[str]:
+    """HTML parts of the 'ssl' section (empty list when the config has no SSL models)."""
+    summary = ssl_summary(metrics)
+    if not (summary["pretrain"] != "none").any():
+        return []
+    parts = ["<h3>Protocols</h3><p>Mean ± std over seeds. OOD: mean over shift kinds of the mean accuracy "
+             "over each kind's splits (one style split weighs as much as the whole corruption suite).</p>",
+             protocol_table(summary).to_html(classes="results", border=0),
+             "<h3>Representation collapse</h3>", collapse_html(history, threshold)]
+    parts += [_img(figures / name) for name in SSL_FIGURES if (figures / name).exists()]
+    return parts
+
+
 def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: str | Path, out: str | Path) -> None:
     tables, figures = Path(tables_dir), Path(figures_dir)
     metrics = pd.read_parquet(tables / "metrics.parquet")
     summary = pd.read_parquet(tables / "summary.parquet")
+    history = (pd.read_parquet(tables / "history.parquet") if (tables / "history.parquet").exists()
+               else pd.DataFrame(columns=["model_id", "epoch"]))
     config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
     config = (yaml.safe_load(config_text) if Path(config_path).exists() else None) or {}
     title = (config.get("report") or {}).get("title", "dlbench results report")
@@ -75,6 +117,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: s
             for name in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
                 if (figures / name).exists():
                     parts.append(_img(figures / name))
+        elif key == "ssl" and (ssl := ssl_section(metrics, history, figures)):
+            parts += ssl
         else:
             parts.append("<p class='empty'>Not in this config yet.</p>")
     versions = package_versions()

@@ -30,7 +30,14 @@ from dlbench.io import atomic_path
 
 
 class Objective(Protocol):
-    """What a method supplies: the module(s) to optimise and a loss on one raw batch."""
+    """What a method supplies: the module(s) to optimise and a loss on one raw batch.
+
+    Optional hooks, called when defined: ``before_epoch(epoch, generator)`` at the start of
+    every epoch (also the first one after a resume; DeepCluster re-clusters there) and
+    ``after_step(step, total_steps)`` after each optimiser step (momentum encoders). An
+    objective with ``wants_indices = True`` receives the batch's row indices into the
+    training images in place of ``labels`` (methods that keep per-image state).
+    """
 
     model: nn.Module
 
@@ -73,6 +80,14 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16/AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def set_threads(threads: int | None) -> None:
@@ -135,7 +150,7 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
     device = device or pick_device()
     model = objective.model.to(device)
     use_cuda = device.type == "cuda"
-    if use_cuda and cfg.channels_last:
+    if cfg.channels_last:  # on CPU too: 1.6x faster for narrow ResNets at 32x32 (benchmarks/)
         model = model.to(memory_format=torch.channels_last)
     if not use_cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -162,8 +177,12 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
 
     images_dev = images.to(device) if use_cuda else images
     labels_dev = labels.to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.amp) else contextlib.nullcontext()
+    # bf16 autocast on CUDA and CPU alike (CPU: 1.6x faster for the small ResNets here where the
+    # CPU has AVX512-BF16/AMX; losses are computed in float32 by every objective).
+    amp_ok = use_cuda or cpu_has_fast_bf16()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if (cfg.amp and amp_ok) else contextlib.nullcontext()
 
+    wants_indices = bool(getattr(objective, "wants_indices", False))
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -172,6 +191,9 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
         aug_gen = epoch_generator(cfg.seed, epoch, salt=1)
         perm = torch.randperm(n, generator=order_gen)
         t0 = time.perf_counter()
+        if hasattr(objective, "before_epoch"):
+            objective.before_epoch(epoch, epoch_generator(cfg.seed, epoch, salt=2))
+            model.train()
         sums: dict[str, torch.Tensor] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
                    mininterval=2.0, ascii=True, disable=not progress, leave=False)
@@ -182,9 +204,9 @@ def fit(objective: Objective, images: torch.Tensor, labels: torch.Tensor, cfg: T
                 group["lr"] = cfg.lr * factor
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size] if drop_last else perm
             x = images_dev[idx.to(images_dev.device)].permute(0, 3, 1, 2).float().div_(255)
-            if use_cuda and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels_dev[idx.to(labels_dev.device)]
+            y = idx.to(labels_dev.device) if wants_indices else labels_dev[idx.to(labels_dev.device)]
             with amp:
                 loss, stats = objective.training_loss(x, y, aug_gen)
             optimizer.zero_grad(set_to_none=True)

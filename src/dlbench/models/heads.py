@@ -1,0 +1,69 @@
+"""Classifier heads beyond the linear one, rebuilt from the ``head`` entry of ``model.json``.
+
+``KNNHead`` makes a kNN classifier a model like any other: its memory bank (l2-normalised
+train features) and labels are buffers saved in safetensors, and its output is the log of
+the temperature-weighted vote distribution (Wu et al. 2018), so the evaluate path computes
+accuracy, NLL, ECE and Brier from it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def knn_vote_probs(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+                   k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Cosine kNN with exp(sim / T) weighted votes; returns class probabilities N x num_classes.
+
+    ``bank`` must already be l2-normalised; ``query`` is normalised here.
+    """
+    query = F.normalize(query.float(), dim=1)
+    k = min(k, bank.shape[0])
+    out = []
+    for i in range(0, len(query), chunk):
+        sim = query[i:i + chunk] @ bank.T
+        top, idx = sim.topk(k, dim=1)
+        weights = (top / temperature).exp()
+        votes = torch.zeros(len(sim), num_classes, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, bank_labels[idx], weights)
+        out.append(votes / votes.sum(1, keepdim=True))
+    return torch.cat(out) if out else torch.empty(0, num_classes)
+
+
+class KNNHead(nn.Module):
+    """Weighted kNN over a stored bank; ``forward`` returns log-probabilities (the model's logits)."""
+
+    def __init__(self, dim: int, bank_size: int, num_classes: int, k: int = 20, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.num_classes, self.k, self.temperature = num_classes, k, temperature
+        self.register_buffer("bank", torch.zeros(bank_size, dim))
+        self.register_buffer("bank_labels", torch.zeros(bank_size, dtype=torch.int64))
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = 20,
+                      temperature: float = 0.07) -> "KNNHead":
+        head = cls(features.shape[1], features.shape[0], num_classes, k, temperature)
+        head.bank.copy_(F.normalize(features.float(), dim=1))
+        head.bank_labels.copy_(labels.long())
+        return head
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "knn", "k": self.k, "temperature": self.temperature, "bank_size": int(self.bank.shape[0])}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        probs = knn_vote_probs(features, self.bank, self.bank_labels, self.num_classes, self.k, self.temperature)
+        return probs.clamp_min(1e-6).log()
+
+
+def build_head(spec: dict[str, Any] | None, dim: int, num_classes: int) -> nn.Module:
+    """The head described by ``model.json``'s ``head`` entry (default: linear)."""
+    kind = (spec or {}).get("kind", "linear")
+    if kind == "linear":
+        return nn.Linear(dim, num_classes)
+    if kind == "knn":
+        return KNNHead(dim, int(spec["bank_size"]), num_classes, int(spec["k"]), float(spec["temperature"]))
+    raise ValueError(f"unknown head kind {kind!r} in model.json (known: linear, knn)")

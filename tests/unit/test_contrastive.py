@@ -1,0 +1,338 @@
+"""Contrastive family (SimCLR, MoCo v2, SwAV, DeepCluster): losses, state updates, determinism, a short fit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlbench.models.backbones import build_backbone
+from dlbench.pretrain.base import METHODS, PretrainSetup
+from dlbench.pretrain.contrastive import DeepCluster, MoCoV2, SwAV, kmeans, pca_whiten
+from dlbench.pretrain.views import ViewConfig, make_views
+from dlbench.train.engine import TrainConfig, fit
+
+SPEC = {"timm": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
+        "cifar_stem": True, "stem_stride": 2}
+# small heads keep every test fast; each entry is also the "override via setup.params" case
+SMALL: dict[str, dict[str, Any]] = {
+    "simclr": {"proj_hidden": 32, "proj_dim": 16},
+    "moco_v2": {"proj_hidden": 32, "proj_dim": 16, "queue_size": 64},
+    "swav": {"proj_hidden": 32, "proj_dim": 16, "num_prototypes": 10},
+    "deepcluster": {"num_clusters": 8, "pca_dim": 8},
+}
+N_IMAGES, BATCH = 64, 16
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tensors here are tiny: one intra-op thread is faster and does not thrash when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images_uint8(n: int = N_IMAGES, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def make(name: str, params: dict[str, Any] | None = None, images: torch.Tensor | None = None,
+         epochs: int = 2, steps_per_epoch: int = 4):
+    torch.manual_seed(0)  # backbone and head initialisation
+    imgs = images_uint8() if images is None else images
+    setup = PretrainSetup(backbone=build_backbone(SPEC), backbone_spec=SPEC,
+                          params=dict(SMALL[name] if params is None else params), views=ViewConfig(),
+                          input_size=(32, 32), images=imgs, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    method = METHODS.get(name)(setup)
+    if getattr(method, "wants_indices", False):
+        method.before_epoch(0, torch.Generator().manual_seed(1))
+    return method
+
+
+def batch(method) -> tuple[torch.Tensor, torch.Tensor]:
+    x = method.setup.images[:BATCH].permute(0, 3, 1, 2).float().div(255)
+    labels = torch.arange(BATCH) if getattr(method, "wants_indices", False) else torch.full((BATCH,), -1)
+    return x, labels
+
+
+def loss_of(method, seed: int = 0):
+    x, labels = batch(method)
+    return method.training_loss(x, labels, torch.Generator().manual_seed(seed))
+
+
+def sgd_step(method, lr: float = 0.1) -> None:
+    """One optimiser step as the engine does it: backward, step, after_step."""
+    opt = torch.optim.SGD([p for p in method.model.parameters() if p.requires_grad], lr=lr)
+    loss, _ = loss_of(method)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def fit_resumed(make_method, images: torch.Tensor, tmp_path) -> tuple[list, dict, list, dict]:
+    """(history, state) of an uninterrupted 2-epoch fit and of one killed after epoch 1 and resumed."""
+    labels = torch.full((len(images),), -1, dtype=torch.long)
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, optimizer="adamw", lr=1e-3, checkpoint_min_seconds=0)
+    kw = {"device": torch.device("cpu"), "progress": False, "log": lambda s: None}
+    whole = make_method()
+    h_whole = fit(whole, images, labels, cfg, **kw)
+    ckpt = tmp_path / "ckpt.pt"
+    epochs_seen = []
+
+    def stop_in_epoch_2() -> dict:
+        epochs_seen.append(1)
+        if len(epochs_seen) == 2:
+            raise KeyboardInterrupt  # after epoch 1's checkpoint, before epoch 2's end
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_method(), images, labels, cfg, checkpoint_path=ckpt, validate=stop_in_epoch_2, **kw)
+    resumed = make_method()
+    h_resumed = fit(resumed, images, labels, cfg, checkpoint_path=ckpt, **kw)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]  # noqa: E731
+    return strip(h_whole), whole.model.state_dict(), strip(h_resumed), resumed.model.state_dict()
+
+
+# --------------------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_registered_finite_loss_and_backbone_gradients(name):
+    assert METHODS.get(name).family == "contrastive"
+    m = make(name)
+    loss, stats = loss_of(m)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(v.ndim == 0 and not v.requires_grad and torch.isfinite(v) for v in stats.values())
+    loss.backward()
+    grads = [p.grad for p in m.backbone.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_generator_seed_gives_bit_identical_loss(name):
+    a, b = make(name), make(name)
+    la, lb = loss_of(a, seed=3)[0], loss_of(b, seed=3)[0]
+    assert torch.equal(la, lb)
+    assert not torch.equal(la, loss_of(a, seed=4)[0])  # the views do come from the generator
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_params_override_defaults_and_unknown_params_raise(name):
+    cls = METHODS.get(name)
+    m = make(name)
+    assert m.params == {**cls.defaults, **SMALL[name]}
+    widths = {mod.out_features for mod in m.model.modules() if isinstance(mod, nn.Linear)}
+    assert widths & {v for k, v in SMALL[name].items() if k in ("proj_dim", "num_prototypes", "num_clusters")}
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make(name, params={**SMALL[name], "no_such_param": 1})
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_short_fit_reports_finite_history(name):
+    """The engine drives the hooks (after_step, before_epoch) and, for DeepCluster, passes row indices."""
+    images = images_uint8(32)
+    m = make(name, images=images, steps_per_epoch=2)
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, optimizer="adamw", lr=1e-3, checkpoint_min_seconds=0)
+    history = fit(m, images, torch.full((32,), -1, dtype=torch.long), cfg, device=torch.device("cpu"),
+                  progress=False, log=lambda s: None)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_deepcluster_resume_is_bit_identical(tmp_path):
+    """Buffers (step counter, center, pseudo-labels) and re-run hooks make a resumed run equal an uninterrupted one."""
+    images = images_uint8(32)
+    h_a, s_a, h_b, s_b = fit_resumed(lambda: make("deepcluster", images=images, steps_per_epoch=2), images, tmp_path)
+    assert h_a == h_b and len(h_b) == 2
+    assert s_a.keys() == s_b.keys() and all(torch.equal(s_a[k], s_b[k]) for k in s_a)
+
+
+# --------------------------------------------------------------------------- SimCLR
+
+
+def test_simclr_loss_is_nt_xent_of_the_projected_views():
+    from dlbench.pretrain.losses import nt_xent
+
+    m = make("simclr")
+    x, labels = batch(m)
+    loss, _ = m.training_loss(x, labels, torch.Generator().manual_seed(0))
+    v1, v2 = make_views(x, m.setup.views, torch.Generator().manual_seed(0))
+    z1, z2 = m.projector(m.encode(torch.cat([v1, v2]))).chunk(2)
+    torch.testing.assert_close(loss, nt_xent(z1, z2, temperature=0.5))
+
+
+# --------------------------------------------------------------------------- MoCo v2
+
+
+def test_moco_queue_receives_the_normalised_keys_and_pointer_advances():
+    m = make("moco_v2", params={**SMALL["moco_v2"], "shuffle_bn_splits": 1})
+    assert isinstance(m, MoCoV2)
+    queue0 = m.state.queue.clone()
+    torch.testing.assert_close(queue0.norm(dim=1), torch.ones(64))  # seeded random unit keys
+    x, labels = batch(m)
+    with torch.no_grad():  # the keys the step must enqueue: the (pre-update) key encoder on view 2
+        v_k = make_views(x, m.setup.views, torch.Generator().manual_seed(0))[1]
+        expected = F.normalize(m.key_encoder(v_k).float(), dim=1)
+    sgd_step(m)
+    m.after_step(0, 8)
+    assert int(m.state.ptr) == BATCH
+    torch.testing.assert_close(m.state.queue[:BATCH], expected)
+    assert torch.equal(m.state.queue[BATCH:], queue0[BATCH:])
+
+
+def test_moco_enqueue_wraps_around():
+    m = make("moco_v2", params={**SMALL["moco_v2"], "queue_size": 24})
+    a, b = F.normalize(torch.randn(16, 16), dim=1), F.normalize(torch.randn(16, 16), dim=1)
+    m.enqueue(a)
+    m.enqueue(b)
+    assert int(m.state.ptr) == 8
+    assert torch.equal(m.state.queue[16:24], b[:8]) and torch.equal(m.state.queue[:8], b[8:])
+    assert torch.equal(m.state.queue[8:16], a[8:])
+
+
+def test_moco_shuffled_bn_chunks_keep_keys_aligned_with_their_images():
+    """In eval mode BN is per-sample, so chunked + shuffled keys must equal the plain forward row by row."""
+    m = make("moco_v2", params={**SMALL["moco_v2"], "shuffle_bn_splits": 2})
+    assert m._splits(BATCH) == 2
+    m.model.eval()
+    x, labels = batch(m)
+    m.training_loss(x, labels, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v_k = make_views(x, m.setup.views, torch.Generator().manual_seed(0))[1]
+        expected = F.normalize(m.key_encoder(v_k).float(), dim=1)
+    torch.testing.assert_close(m._pending_keys, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_moco_key_encoder_follows_the_ema_rule_and_gets_no_gradient():
+    m = make("moco_v2")
+    key0 = [p.clone() for p in m.key_encoder.parameters()]
+    sgd_step(m)
+    assert all(not p.requires_grad and p.grad is None for p in m.key_encoder.parameters())
+    online = [p.detach().clone() for p in (*m.backbone.parameters(), *m.projector.parameters())]
+    m.after_step(0, 8)
+    mom = m.params["momentum"]
+    assert mom == 0.99
+    for t, t0, o in zip(m.key_encoder.parameters(), key0, online, strict=True):
+        torch.testing.assert_close(t, mom * t0 + (1 - mom) * o)
+    assert not torch.equal(next(m.key_encoder.parameters()), key0[0])
+
+
+# --------------------------------------------------------------------------- SwAV
+
+
+def test_swav_prototypes_are_unit_norm_when_used():
+    m = make("swav")
+    assert isinstance(m, SwAV)
+    with torch.no_grad():
+        m.prototypes.weight.mul_(3.0)
+    loss_of(m)
+    torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(10))
+
+
+def test_swav_prototypes_frozen_for_the_first_steps():
+    m = make("swav", params={**SMALL["swav"], "freeze_prototypes_steps": 2})
+    for step in range(3):
+        m.model.zero_grad(set_to_none=True)
+        loss, _ = loss_of(m)
+        loss.backward()
+        frozen = m.prototypes.weight.grad is None or not m.prototypes.weight.grad.any()
+        assert frozen == (step < 2), step
+        assert m.projector[0].weight.grad.abs().sum() > 0
+        m.after_step(step, 8)
+    assert m.counter.value == 3
+    assert make("swav").freeze_steps == 4  # default: one epoch (steps_per_epoch=4)
+
+
+def test_swav_multicrop_uses_two_global_and_two_small_local_views():
+    m = make("swav")
+    assert m.views.local_crops == 2 and m.views.local_size == 16
+    views = make_views(batch(m)[0], m.views, torch.Generator().manual_seed(0))
+    assert [v.shape[-1] for v in views] == [32, 32, 16, 16]
+
+
+# --------------------------------------------------------------------------- DeepCluster
+
+
+def blobs(k: int = 5, per: int = 40, dim: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, dim, generator=g) * 10
+    truth = torch.arange(k).repeat_interleave(per)
+    return centers[truth] + 0.1 * torch.randn(k * per, dim, generator=g), truth
+
+
+def test_kmeans_recovers_well_separated_blobs():
+    x, truth = blobs()
+    for seed in range(3):
+        centroids, labels = kmeans(x, 5, torch.Generator().manual_seed(seed))
+        # a bijection between blobs and clusters: purity 1 both ways
+        pairs = set(zip(truth.tolist(), labels.tolist()))
+        assert len(pairs) == 5 and len({c for _, c in pairs}) == 5
+        for c in range(5):
+            torch.testing.assert_close(centroids[c], x[labels == c].mean(0))
+
+
+def test_kmeans_is_deterministic_and_survives_degenerate_data():
+    x, _ = blobs(k=6, per=20, dim=4, seed=1)
+    a = kmeans(x, 10, torch.Generator().manual_seed(5))[1]
+    b = kmeans(x, 10, torch.Generator().manual_seed(5))[1]
+    assert torch.equal(a, b)
+    dup = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat(5, 1)  # 2 distinct points, 3 clusters
+    labels = kmeans(dup, 3, torch.Generator().manual_seed(0))[1]
+    assert labels.shape == (10,) and 0 <= int(labels.min()) and int(labels.max()) < 3
+    with pytest.raises(ValueError):
+        kmeans(dup, 11, torch.Generator())
+
+
+def test_pca_whiten_gives_unit_variance_decorrelated_axes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3
+    w = pca_whiten(x, 4, eps=0.0)
+    assert w.shape == (500, 4)
+    torch.testing.assert_close(torch.cov(w.T), torch.eye(4), atol=1e-4, rtol=0)
+
+
+def test_deepcluster_pseudo_labels_buffer_balanced_weights_and_head_reset():
+    m = make("deepcluster")
+    assert isinstance(m, DeepCluster) and m.wants_indices
+    labels = m.clusters.pseudo_labels
+    assert labels.shape == (N_IMAGES,) and int(labels.min()) >= 0 and int(labels.max()) < 8
+    state = m.model.state_dict()
+    assert torch.equal(state["clusters.pseudo_labels"], labels)  # checkpoints carry them
+    counts = torch.bincount(labels, minlength=8).float()
+    w = m.clusters.weights
+    assert torch.all(w[counts == 0] == 0)
+    prod = (w * counts)[counts > 0]  # class-balanced: every non-empty cluster has the same total weight
+    torch.testing.assert_close(prod, torch.full_like(prod, N_IMAGES / int((counts > 0).sum())))
+    # a fresh epoch re-clusters and re-initialises the head, both reproducibly from the generator
+    with torch.no_grad():
+        m.head.weight.fill_(1.0)
+    m.before_epoch(1, torch.Generator().manual_seed(9))
+    head1, labels1 = m.head.weight.detach().clone(), m.clusters.pseudo_labels.clone()
+    assert not torch.all(head1 == 1.0)
+    assert float(head1.abs().max()) <= 1 / math.sqrt(m.feature_dim)
+    m.before_epoch(1, torch.Generator().manual_seed(9))
+    assert torch.equal(m.head.weight, head1) and torch.equal(m.clusters.pseudo_labels, labels1)
+    # restored state (what a resume loads) gives the same pseudo-labels
+    other = make("deepcluster")
+    other.model.load_state_dict(m.model.state_dict())
+    assert torch.equal(other.clusters.pseudo_labels, labels1)
+
+
+def test_deepcluster_trains_on_the_pseudo_labels_of_the_batch_rows():
+    m = make("deepcluster")
+    x = m.setup.images.permute(0, 3, 1, 2).float().div(255)
+    rows = torch.tensor([5, 40, 7, 63, 0, 22, 31, 12])
+    loss, _ = m.training_loss(x[rows], rows, torch.Generator().manual_seed(0))
+    m.clusters.pseudo_labels.copy_(torch.roll(m.clusters.pseudo_labels, 1))  # other targets -> other loss
+    loss2, _ = m.training_loss(x[rows], rows, torch.Generator().manual_seed(0))
+    assert not torch.equal(loss, loss2)
+    with pytest.raises(RuntimeError, match="row indices"):
+        m.training_loss(x[:4], torch.full((4,), -1), torch.Generator())
+    with pytest.raises(ValueError, match="needs setup.images"):
+        DeepCluster(PretrainSetup(backbone=build_backbone(SPEC), backbone_spec=SPEC, params={},
+                                  views=ViewConfig(), input_size=(32, 32)))
