@@ -34,7 +34,8 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     m = first_run["metrics"]
     for col in METRIC_COLUMNS:
         assert col in m.columns, col
-    assert m["model_id"].nunique() == 4  # 2 datasets x 2 seeds
+    assert m.loc[m["adapt"] == "supervised", "model_id"].nunique() == 4  # 2 datasets x 2 seeds
+    assert m["model_id"].nunique() == 4 + 17 * 4  # + 17 pretrained backbones (1 seed) x 4 protocols
     shapes = m[m["model_id"] == MODEL]
     assert set(shapes["split"]) == {"test", "style", "test.gaussian_noise-1", "test.gaussian_noise-5",
                                     "test.contrast-1", "test.contrast-5"}
@@ -44,7 +45,7 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     assert (m[m["adapt"] == "supervised"]["pretrain"] == "none").all()
     assert m["acc"].between(0, 1).all() and (m["n"] > 0).all() and (m["latency_ms"] > 0).all()
     report = (smoke_repo / "results/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3 and "Supervised baseline" in report
+    assert report.count("data:image/png;base64,") == 6 and "Supervised baseline" in report
     for log in ("shapes", "digits"):
         assert "built" in (smoke_repo / f"results/logs/dataset/{log}.log").read_text()
     meta = yaml.safe_load((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
