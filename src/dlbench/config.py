@@ -105,7 +105,11 @@ def check(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_vit(spec: dict[str, Any]) -> bool:
-    return any(tag in spec["timm"] for tag in ("vit", "deit", "beit", "eva"))
+    """Whether timm builds a ``VisionTransformer`` (or subclass) for this name: by the module that
+    registers it, not by the name (mobilevit, fastvit, levit are not ViTs in this sense)."""
+    from timm.models import is_model_in_modules
+
+    return is_model_in_modules(spec["timm"], ["vision_transformer", "deit", "vision_transformer_hybrid"])
 
 
 def _check_pretrain(cfg: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 
 from dlbench.config import (ConfigError, adapt_recipe, check, eval_split_specs, load_config, pretrain_recipe,
                             pretrain_runs)
+from dlbench.evaluate.predict import EvalSplit
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["config.yaml", "configs/smoke.yaml", "configs/stl10.yaml"]
@@ -192,7 +192,9 @@ def test_pretrain_runs_honour_per_run_seeds():
 
 def test_pretrain_runs_of_shipped_configs(default_cfg):
     runs = pretrain_runs(default_cfg)
-    assert len(runs) == (15 + 2) * 2 and len(set(runs)) == len(runs)
+    expected = sum(len(r["methods"]) * len(r.get("seeds", default_cfg["seeds"]))
+                   for r in default_cfg["pretrain"]["runs"])
+    assert len(runs) == expected and len(set(runs)) == len(runs)
     smoke = load_config(ROOT / "configs/smoke.yaml")
     assert {s for *_, s in pretrain_runs(smoke)} == {0}
     assert pretrain_runs({"seeds": [0]}) == []
@@ -205,6 +207,8 @@ def test_pretrain_recipe_merges_method_overrides():
                                                                                          "solarize_p": 0.1},
                                              "params": {"temperature": 0.2}}}
     cfg = check(cfg)
+    shared_lr = cfg["pretrain"]["train"]["lr"]
+    assert shared_lr != 0.5
     r = pretrain_recipe(cfg, "shapes", "tiny", "simclr", 7)
     shared = cfg["pretrain"]["train"]
     assert r["train"] == {**shared, "lr": 0.5, "epochs": 3}
@@ -216,7 +220,7 @@ def test_pretrain_recipe_merges_method_overrides():
     other = pretrain_recipe(cfg, "shapes", "tiny", "byol", 7)  # no override: the shared settings
     assert other["train"] == shared and other["views"] == cfg["pretrain"]["views"] and other["params"] == {}
     # the override does not leak into the config
-    assert cfg["pretrain"]["train"]["lr"] == 0.002 and "solarize_p" not in cfg["pretrain"]["views"]
+    assert cfg["pretrain"]["train"]["lr"] == shared_lr and "solarize_p" not in cfg["pretrain"]["views"]
 
 
 def test_pretrain_recipe_of_stl10_keeps_null_val_split():
@@ -230,26 +234,55 @@ def test_adapt_recipe():
     cfg = load_config(ROOT / "configs/smoke.yaml")
     r = adapt_recipe(cfg, "shapes", "tiny", "simclr", 0)
     assert set(r["protocols"]) == {"linear", "knn", "finetune", "lpft"}
-    assert r["protocols"]["linear"] == {} and r["protocols"]["finetune"]["train"]["epochs"] == 1
-    assert r["tsne_points"] == 100 and r["pretrain"] == "simclr"
+    assert r["protocols"]["linear"] == cfg["adapt"].get("linear", {})
+    assert r["protocols"]["finetune"] == cfg["adapt"]["finetune"] and "train" in r["protocols"]["lpft"]
+    assert r["tsne_points"] == cfg["adapt"].get("tsne_points", 500) and r["pretrain"] == "simclr"
+    assert (r["train_split"], r["val_split"], r["seed"]) == ("train", "val", 0)
+    cfg["adapt"].pop("tsne_points", None)
+    assert adapt_recipe(cfg, "shapes", "tiny", "simclr", 0)["tsne_points"] == 500
 
 
-def test_eval_split_specs_max_images(default_cfg):
+def test_eval_split_specs_max_images():
+    cfg = raw()
+    cfg["datasets"]["shapes"]["corruptions"]["max_images"] = 200
+    cfg = check(cfg)
+    specs = eval_split_specs(cfg, "shapes")
+    assert specs == ["test=shapes:test", "style=shapes:style",
+                     "test.gaussian_noise-1=shapes:test:gaussian_noise:1:200",
+                     "test.gaussian_noise-5=shapes:test:gaussian_noise:5:200",
+                     "test.contrast-1=shapes:test:contrast:1:200", "test.contrast-5=shapes:test:contrast:5:200"]
+    # no max_images: all source images, no 5th part
+    assert eval_split_specs(cfg, "digits") == ["test=digits:test", "test.pixelate-3=digits:test:pixelate:3"]
+    cfg["datasets"]["shapes"]["corruptions"]["max_images"] = 0
+    with pytest.raises(ConfigError, match=r"datasets\.shapes\.corruptions\.max_images"):
+        check(cfg)
+
+
+def test_eval_split_specs_of_default_config(default_cfg):
+    max_images = default_cfg["datasets"]["shapes"]["corruptions"].get("max_images")
     specs = eval_split_specs(default_cfg, "shapes")
     corrupted = [s for s in specs if s.startswith("test.")]
     assert len(corrupted) == 14 * 5
-    assert "test.gaussian_noise-1=shapes:test:gaussian_noise:1:200" in specs
-    assert all(s.endswith(":200") for s in corrupted)
-    assert not any(s.endswith(":200") for s in specs if not s.startswith("test."))
-    digits = eval_split_specs(default_cfg, "digits")  # no max_images: all source images, no 5th part
-    assert "test.pixelate-3=digits:test:pixelate:3" in digits
-
-
-def test_eval_split_specs_round_trip_through_evalsplit(default_cfg):
-    from dlbench.evaluate.predict import EvalSplit
-
-    for s in eval_split_specs(default_cfg, "shapes"):
+    for s in specs:
         spec = EvalSplit.parse(s)
         assert str(spec) == s
         if spec.corruption:
-            assert spec.max_images == 200
+            assert spec.max_images == max_images and (max_images is None or s.endswith(f":{max_images}"))
+        else:
+            assert spec.max_images is None
+
+
+def test_mae_on_vit_backbone_passes():
+    cfg = raw()
+    cfg["pretrain"]["runs"] = [{"dataset": "shapes", "backbone": "vit_tiny", "methods": ["mae", "simclr"]}]
+    assert pretrain_runs(check(cfg)) == [("shapes", "vit_tiny", "mae", 0), ("shapes", "vit_tiny", "mae", 1),
+                                         ("shapes", "vit_tiny", "simclr", 0), ("shapes", "vit_tiny", "simclr", 1)]
+
+
+@pytest.mark.parametrize("timm_name", ["mobilevit_xxs", "fastvit_t8", "levit_128s", "beit_base_patch16_224"])
+def test_mae_on_non_vision_transformer_named_like_vit(timm_name):
+    cfg = raw()
+    cfg["backbones"]["other"] = {"timm": timm_name}
+    cfg["pretrain"]["runs"] = [{"dataset": "shapes", "backbone": "other", "methods": ["mae"]}]
+    with pytest.raises(ConfigError, match=r"pretrain\.runs\[0\]\.methods: 'mae' needs a Vision Transformer"):
+        check(cfg)

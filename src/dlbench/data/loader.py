@@ -27,10 +27,11 @@ def dataset_meta(data_root: str | Path, dataset: str) -> dict:
 
 
 def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ~n/K indices of every class, in dataset order (deterministic, class-balanced)."""
+    """The first n/K indices of every class in dataset order (the first n % K classes one more),
+    so exactly ``n`` when every class has enough images; deterministic, class-balanced."""
     classes = torch.unique(labels)
-    per = max(1, n // len(classes))
-    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per] for c in classes])
+    per, extra = divmod(max(n, len(classes)), len(classes))
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per + (i < extra)] for i, c in enumerate(classes)])
     return idx.sort().values
 
 

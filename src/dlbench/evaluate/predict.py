@@ -42,7 +42,10 @@ class EvalSplit:
         if not sep or len(parts) not in (2, 4, 5) or not all(parts) or not name:
             raise ValueError(f"bad eval split {text!r}; expected NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY[:MAX_IMAGES]]")
         if len(parts) >= 4:
-            return cls(name, parts[0], parts[1], parts[2], int(parts[3]), int(parts[4]) if len(parts) == 5 else None)
+            max_images = int(parts[4]) if len(parts) == 5 else None
+            if max_images is not None and max_images < 1:
+                raise ValueError(f"bad eval split {text!r}: MAX_IMAGES must be >= 1, got {max_images}")
+            return cls(name, parts[0], parts[1], parts[2], int(parts[3]), max_images)
         return cls(name, parts[0], parts[1])
 
     def __str__(self) -> str:
@@ -137,8 +140,7 @@ def measure_latency(model: torch.nn.Module, input_size: tuple[int, int], device:
 def model_costs(model: torch.nn.Module, model_dir: Path, meta: dict[str, Any], dev: torch.device) -> dict[str, Any]:
     from dlbench.models.checkpoint import WEIGHTS
 
-    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
-                                                               if b.is_floating_point() and b.ndim > 1)
+    params = sum(p.numel() for p in model.parameters())  # a kNN bank is a buffer: it shows in size_bytes
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return {"params": int(params), "nonzero_params": int(nonzero),
             "size_bytes": Path(model_dir, WEIGHTS).stat().st_size,

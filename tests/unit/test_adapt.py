@@ -1,0 +1,414 @@
+"""Adaptation of a pretrained backbone: kNN head, logistic probe, protocol order, the adapt stage end to end,
+and the evaluation of adapted models (several models sharing eval splits, corruption subsets)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlbench.adapt.base import run_order
+from dlbench.adapt.frozen import fit_logistic
+from dlbench.adapt.run import adapt
+from dlbench.data.loader import balanced_subset, load_tensors
+from dlbench.data.store import write_meta, write_split
+from dlbench.evaluate.predict import EvalSplit, evaluate_model, evaluate_models, predict_logits, read_logits
+from dlbench.models.backbones import Classifier, build_backbone
+from dlbench.models.checkpoint import WEIGHTS, CheckpointError, load_backbone, load_model, save_model
+from dlbench.models.heads import KNNHead, build_head, knn_vote_probs
+from dlbench.pretrain.run import pretrain
+from dlbench.registry import UnknownNameError
+
+SPEC = {"timm": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
+        "cifar_stem": True, "stem_stride": 2}
+PALETTE = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]])
+SIZES = {"unlabeled": 64, "train": 40, "val": 16, "test": 24}
+PROTOCOLS = ["linear", "knn", "finetune", "lpft"]
+FT = {"epochs": 1, "batch_size": 20, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False}
+TSNE_POINTS = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tensors here are tiny: one intra-op thread is faster and does not thrash when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_dataset(root: Path, name: str = "toy", size: int = 16, sizes: dict[str, int] = SIZES) -> Path:
+    """4 classes told apart by colour (+ pixel noise); labels cycle 0,1,2,3 so every split is balanced."""
+    rng = np.random.default_rng(0)
+    out = root / name
+    out.mkdir(parents=True)
+    splits = {}
+    for split, n in sizes.items():
+        y = np.arange(n) % 4
+        x = np.clip(PALETTE[y][:, None, None, :] + rng.integers(-30, 31, (n, size, size, 3)), 0, 255).astype(np.uint8)
+        write_split(out, split, x, np.full(n, -1) if split == "unlabeled" else y)
+        splits[split] = {"n": n, "shift": "id"}
+    write_meta(out, {"name": name, "classes": ["red", "green", "blue", "yellow"], "splits": splits})
+    return root
+
+
+def pretrain_recipe(method: str = "random") -> dict:
+    return {"dataset": "toy", "backbone": "tiny", "backbone_spec": SPEC, "pretrain": method, "seed": 0,
+            "unlabeled_split": "unlabeled", "train_split": "train", "val_split": "val",
+            "train": {**FT, "batch_size": 16}, "views": {}, "params": {}}
+
+
+def adapt_recipe(**protocol_overrides) -> dict:
+    protocols = {"linear": {"weight_decays": [1e-3, 1e-1]}, "knn": {"k": 1},
+                 "finetune": {"train": FT}, "lpft": {"train": {**FT, "lr": 1e-9}}}
+    protocols.update(protocol_overrides)
+    return {"dataset": "toy", "backbone": "tiny", "pretrain": "random", "seed": 0, "train_split": "train",
+            "val_split": "val", "protocols": protocols, "tsne_points": TSNE_POINTS}
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny dataset, a `random` pretrained backbone, and two identical adapt runs with every protocol."""
+    tmp = tmp_path_factory.mktemp("adapt")
+    data = make_dataset(tmp / "data")
+    parent = pretrain(pretrain_recipe(), data, tmp / "pre", device="cpu")
+    runs = []
+    for run in ("a", "b"):
+        dirs = {p: str(tmp / run / p) for p in PROTOCOLS}
+        results = adapt(adapt_recipe(), tmp / "pre", data, dirs, tsne_out=tmp / run / "tsne.parquet", device="cpu",
+                        log=lambda s: None)
+        runs.append((dirs, results, tmp / run / "tsne.parquet"))
+    return {"tmp": tmp, "data": data, "pre": tmp / "pre", "parent": parent, "runs": runs}
+
+
+# ---- kNN head -----------------------------------------------------------------------------------
+
+def test_knn_vote_probs_by_hand():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # unit rows
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])  # normalised inside: row 2 == row 0
+    probs = knn_vote_probs(query, bank, labels, num_classes=3, k=2, temperature=1.0)
+    # q0: sims 1, 0, 0.6 -> neighbours bank0 (class 0, e^1) and bank2 (class 1, e^0.6)
+    z = math.e + math.exp(0.6)
+    # q1: sims 0, 1, 0.8 -> bank1 and bank2, both class 1
+    expected = torch.tensor([[math.e / z, math.exp(0.6) / z, 0.0],
+                             [0.0, 1.0, 0.0],
+                             [math.e / z, math.exp(0.6) / z, 0.0]])
+    torch.testing.assert_close(probs, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    # k beyond the bank: clamped to all 3 entries; q0 votes e^1 for class 0, e^0 + e^0.6 for class 1
+    probs = knn_vote_probs(query[:1], bank, labels, num_classes=3, k=50, temperature=1.0)
+    z = math.e + 1.0 + math.exp(0.6)
+    torch.testing.assert_close(probs, torch.tensor([[math.e / z, (1 + math.exp(0.6)) / z, 0.0]]), rtol=1e-6, atol=1e-7)
+    # temperature sharpens: with T=0.1, q0's class-0 share is 1 / (1 + e^-4)
+    probs = knn_vote_probs(query[:1], bank, labels, num_classes=3, k=2, temperature=0.1)
+    assert float(probs[0, 0]) == pytest.approx(1 / (1 + math.exp(-4.0)), rel=1e-6)
+
+
+def test_knn_vote_probs_chunks_and_empty():
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    labels = torch.randint(0, 4, (30,), generator=g)
+    query = torch.randn(25, 8, generator=g)
+    whole = knn_vote_probs(query, bank, labels, 4, k=5)
+    torch.testing.assert_close(knn_vote_probs(query, bank, labels, 4, k=5, chunk=7), whole)
+    torch.testing.assert_close(whole.sum(1), torch.ones(25))
+    assert knn_vote_probs(query[:0], bank, labels, 4).shape == (0, 4)
+
+
+def test_knn_head_round_trip(tmp_path):
+    torch.manual_seed(0)
+    backbone = build_backbone(SPEC)
+    g = torch.Generator().manual_seed(1)
+    feats, labels = torch.randn(20, backbone.num_features, generator=g), torch.arange(20) % 4
+    head = KNNHead.from_features(feats, labels, 4, k=3, temperature=0.1)
+    assert head.spec() == {"kind": "knn", "k": 3, "temperature": 0.1, "bank_size": 20}
+    torch.testing.assert_close(head.bank.norm(dim=1), torch.ones(20))
+    model = Classifier(backbone, 4, head).eval()
+    meta = {"model_id": "toy/knn", "backbone_spec": SPEC, "num_classes": 4, "head": head.spec(), "input_size": [16, 16]}
+    save_model(tmp_path / "m", model, meta)
+    loaded, loaded_meta = load_model(tmp_path / "m")
+    assert isinstance(loaded.head, KNNHead) and loaded.head.k == 3 and loaded.head.temperature == 0.1
+    assert loaded_meta["head"]["kind"] == "knn"
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        expected, got = model(x), loaded(x)
+    assert torch.equal(expected, got)
+    # the logits are log vote probabilities
+    torch.testing.assert_close(got.exp().sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    # the backbone of a kNN model loads as any backbone
+    bb, _ = load_backbone(tmp_path / "m")
+    assert state_equal(bb.state_dict(), backbone.state_dict())
+
+
+def test_build_head_kinds():
+    assert isinstance(build_head(None, 8, 3), torch.nn.Linear)
+    assert isinstance(build_head({"kind": "linear"}, 8, 3), torch.nn.Linear)
+    knn = build_head({"kind": "knn", "k": 5, "temperature": 0.2, "bank_size": 11}, 8, 3)
+    assert isinstance(knn, KNNHead) and knn.bank.shape == (11, 8) and knn.k == 5
+    with pytest.raises(ValueError, match="unknown head kind 'svm'"):
+        build_head({"kind": "svm"}, 8, 3)
+
+
+def test_load_model_of_backbone_only_dir(world):
+    with pytest.raises(CheckpointError, match="pretrained backbone without a classifier head; adapt it first"):
+        load_model(world["pre"])
+
+
+# ---- logistic probe -----------------------------------------------------------------------------
+
+def separable(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 classes = quadrants of (x0, x1) with a margin; columns on very different scales and offsets."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    signs = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])[y]
+    core = signs * (0.5 + torch.rand(n, 2, generator=g))
+    noise = torch.randn(n, 2, generator=g)
+    x = torch.cat([core, noise], 1) * torch.tensor([0.1, 50.0, 1000.0, 1.0]) + torch.tensor([3.0, -200.0, 5.0, 0.0])
+    return x, y
+
+
+def test_fit_logistic_separable_scale_varying():
+    x, y = separable()
+    layer = fit_logistic(x, y, 4, weight_decay=1e-4)
+    assert layer.weight.dtype == torch.float32 and layer.weight.shape == (4, 4)
+    with torch.no_grad():
+        acc = float((layer(x).argmax(1) == y).float().mean())
+    assert acc == 1.0
+    # the same problem on standardised inputs gives the same predictions (the fit is scale-invariant)
+    xs = (x - x.mean(0)) / x.std(0)
+    with torch.no_grad():
+        assert torch.equal(fit_logistic(xs, y, 4, 1e-4)(xs).argmax(1), y)
+
+
+def test_fit_logistic_dead_columns():
+    x, y = separable()
+    const = torch.full((len(x), 1), 7.5)
+    tiny_noise = 7.5 + 1e-9 * torch.randn(len(x), 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    xd = torch.cat([x.double(), const.double(), tiny_noise], 1)
+    layer = fit_logistic(xd, y, 4, weight_decay=1e-3)
+    assert torch.isfinite(layer.weight).all() and torch.isfinite(layer.bias).all()
+    assert torch.equal(layer.weight[:, 4:], torch.zeros(4, 2))
+    with torch.no_grad():
+        assert torch.equal(layer(xd.float()).argmax(1), y)
+
+
+def test_fit_logistic_all_dead_learns_the_prior():
+    """No usable feature: weights 0 and softmax(bias) = class frequencies (the bias is not regularised)."""
+    y = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
+    layer = fit_logistic(torch.ones(10, 3), y, 3, weight_decay=0.1)
+    assert torch.equal(layer.weight, torch.zeros(3, 3))
+    torch.testing.assert_close(layer.bias.softmax(0), torch.tensor([0.6, 0.3, 0.1]), atol=1e-5, rtol=0)
+
+
+def test_fit_logistic_folding_matches_sklearn_on_standardised_features():
+    """The returned layer on raw x equals a multinomial logistic regression fitted on standardised x.
+
+    Objective here: mean CE + wd/2 |W|^2; sklearn's: C * sum CE + 1/2 |W|^2, so C = 1 / (n wd).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    g = torch.Generator().manual_seed(0)
+    n, wd = 200, 0.05
+    z = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    noise = 0.8 * torch.randn(n, generator=g, dtype=torch.float64)
+    y = (z[:, 0] + 0.5 * z[:, 1] + noise > 0).long() + (z[:, 2] > 0.5).long()
+    x = (z * torch.tensor([0.1, 10.0, 100.0, 1.0, 3.0], dtype=torch.float64)
+         + torch.tensor([5.0, -3.0, 100.0, 0.0, 1.0], dtype=torch.float64)).float()
+    layer = fit_logistic(x, y, 3, wd)
+    xd = x.double()
+    mean, std = xd.mean(0), xd.std(0)
+    clf = LogisticRegression(C=1 / (n * wd), tol=1e-12, max_iter=10_000).fit(((xd - mean) / std).numpy(), y.numpy())
+    w = torch.from_numpy(clf.coef_) / std
+    b = torch.from_numpy(clf.intercept_) - w @ mean
+    with torch.no_grad():
+        torch.testing.assert_close(layer.weight.double(), w, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layer(x).double(), xd @ w.T + b, atol=1e-4, rtol=1e-4)
+    # invariance: refitting on a per-column affine transform of x gives the same logits
+    x2 = (z * torch.tensor([0.7, 70.0, 7.0, 0.07, 21.0], dtype=torch.float64) - 3).float()
+    with torch.no_grad():
+        torch.testing.assert_close(fit_logistic(x2, y, 3, wd)(x2), layer(x), atol=1e-4, rtol=1e-4)
+
+
+# ---- protocol order -----------------------------------------------------------------------------
+
+def test_run_order():
+    assert run_order(["lpft"]) == ["linear", "lpft"]
+    assert run_order(["lpft", "linear"]) == ["linear", "lpft"]
+    assert run_order(["knn", "lpft", "finetune"]) == ["knn", "linear", "lpft", "finetune"]
+    assert run_order(["finetune", "knn", "linear"]) == ["finetune", "knn", "linear"]
+    assert run_order(["linear", "lpft", "knn"]) == ["linear", "lpft", "knn"]
+    assert run_order([]) == []
+    with pytest.raises(UnknownNameError, match="unknown adapt protocol 'prompt'"):
+        run_order(["prompt"])
+
+
+# ---- adapt end to end ---------------------------------------------------------------------------
+
+def test_adapt_writes_one_loadable_model_per_protocol(world):
+    dirs, results, _ = world["runs"][0]
+    parent = world["parent"]
+    assert list(results) == PROTOCOLS
+    pre_backbone, _ = load_backbone(world["pre"])
+    for p in PROTOCOLS:
+        model, meta = load_model(dirs[p])
+        assert meta == json.loads(json.dumps(results[p], default=str))  # (JSON object keys are strings)
+        assert meta["parts"] == {**parent["parts"], "adapt": p}
+        assert meta["parent"] == parent["model_id"] == "toy/tiny/random/none/none/none/seed0"
+        assert meta["model_id"] == f"toy/tiny/random/{p}/none/none/seed0"
+        assert meta["num_classes"] == 4 and meta["classes"] == ["red", "green", "blue", "yellow"]
+        assert meta["backbone_spec"] == SPEC and meta["input_size"] == [16, 16]
+        assert meta["recipe"]["adapt"] == p and meta["recipe"]["params"] == adapt_recipe()["protocols"][p]
+        assert meta["adapt_seconds"] > 0
+        assert meta["train_seconds"] >= parent["train_seconds"]
+        assert meta["train_seconds"] == pytest.approx(parent["train_seconds"] + meta["adapt_seconds"])
+        frozen = state_equal(model.backbone.state_dict(), pre_backbone.state_dict())
+        assert frozen == (p in ("linear", "knn")), p  # frozen protocols keep the pretrained weights exactly
+        assert (Path(dirs[p]) / "history.json").exists() == (p in ("finetune", "lpft"))
+    assert results["knn"]["head"] == {"kind": "knn", "k": 1, "temperature": 0.07, "bank_size": SIZES["train"]}
+    assert results["linear"]["head"] == {"kind": "linear"}
+    info = results["linear"]["adapt_info"]
+    assert set(info["val_acc_by_weight_decay"]) == {1e-3, 1e-1}
+    best = max(info["val_acc_by_weight_decay"].values())
+    assert info["val_acc_by_weight_decay"][info["weight_decay"]] == best
+    if all(v == best for v in info["val_acc_by_weight_decay"].values()):
+        assert info["weight_decay"] == 1e-1  # ties: the stronger regularisation
+
+
+def test_adapted_models_classify(world):
+    dirs, results, _ = world["runs"][0]
+    data = world["data"]
+    train_x, train_y, _ = load_tensors(data, "toy", "train")
+    val_x, val_y, _ = load_tensors(data, "toy", "val")
+    test_x, test_y, _ = load_tensors(data, "toy", "test")
+    knn, _ = load_model(dirs["knn"])
+    assert float((predict_logits(knn, train_x).argmax(1) == train_y).float().mean()) == 1.0  # k=1: itself
+    linear, meta = load_model(dirs["linear"])
+    val_acc = float((predict_logits(linear, val_x).argmax(1) == val_y).float().mean())
+    info = meta["adapt_info"]
+    assert val_acc == info["val_acc_by_weight_decay"][str(info["weight_decay"])]
+    # colour classes: even random features separate them
+    assert float((predict_logits(linear, test_x).argmax(1) == test_y).float().mean()) >= 0.9
+    hist = pd.read_json(Path(dirs["finetune"]) / "history.json")
+    assert list(hist["epoch"]) == [1] and {"train_loss", "val_loss", "val_acc"} <= set(hist.columns)
+
+
+def test_lpft_starts_from_the_linear_head(world):
+    dirs, _, _ = world["runs"][0]
+    linear, _ = load_model(dirs["linear"])
+    lpft, _ = load_model(dirs["lpft"])
+    finetune, _ = load_model(dirs["finetune"])
+    # LP-FT trained one epoch at lr 1e-9: its head is still the probe's
+    torch.testing.assert_close(lpft.head.weight, linear.head.weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(lpft.head.bias, linear.head.bias, atol=1e-6, rtol=0)
+    # plain fine-tuning starts from a fresh head
+    assert (finetune.head.weight - linear.head.weight).abs().max() > 1e-2
+
+
+def test_adapt_tsne(world):
+    _, _, tsne = world["runs"][0]
+    df = pd.read_parquet(tsne)
+    assert list(df.columns) == ["x", "y", "label", "stage"]
+    assert df["x"].dtype == np.float32 and df["label"].dtype == np.int64
+    assert np.isfinite(df[["x", "y"]].to_numpy()).all()
+    assert sorted(df["stage"].unique()) == ["finetuned", "pretrained"]
+    _, test_y, _ = load_tensors(world["data"], "toy", "test")
+    expected = test_y[balanced_subset(test_y, TSNE_POINTS)].numpy()
+    for stage, frame in df.groupby("stage"):
+        assert len(frame) == TSNE_POINTS
+        assert np.array_equal(frame["label"].to_numpy(), expected)
+        assert np.array_equal(np.bincount(frame["label"], minlength=4), [TSNE_POINTS // 4] * 4)
+
+
+def test_adapt_is_deterministic(world):
+    (dirs_a, res_a, _), (dirs_b, res_b, _) = world["runs"]
+    for p in PROTOCOLS:
+        assert (Path(dirs_a[p]) / WEIGHTS).read_bytes() == (Path(dirs_b[p]) / WEIGHTS).read_bytes(), p
+        assert res_a[p]["model_id"] == res_b[p]["model_id"]
+
+
+def test_adapt_lpft_alone_runs_linear_without_saving_it(world, tmp_path):
+    out = {"lpft": str(tmp_path / "lpft")}
+    results = adapt(adapt_recipe(), world["pre"], world["data"], out, device="cpu", log=lambda s: None)
+    assert list(results) == ["lpft"] and sorted(p.name for p in tmp_path.iterdir()) == ["lpft"]
+    dirs, _, _ = world["runs"][0]
+    assert (tmp_path / "lpft" / WEIGHTS).read_bytes() == (Path(dirs["lpft"]) / WEIGHTS).read_bytes()
+
+
+def test_adapt_without_val_split_holds_out_part_of_train(world, tmp_path):
+    recipe = {**adapt_recipe(), "val_split": None}
+    results = adapt(recipe, world["pre"], world["data"], {"knn": str(tmp_path / "knn")}, device="cpu",
+                    log=lambda s: None)
+    assert results["knn"]["head"]["bank_size"] == SIZES["train"] - 4  # 10% of 40, one per class
+
+
+# ---- evaluation of adapted models ---------------------------------------------------------------
+
+def test_evalsplit_parse_round_trip():
+    for text in ["test=toy:test", "test.gaussian_noise-3=toy:test:gaussian_noise:3",
+                 "test.gaussian_noise-3=toy:test:gaussian_noise:3:200"]:
+        assert str(EvalSplit.parse(text)) == text
+    s = EvalSplit.parse("c=toy:test:snow:5:200")
+    assert (s.name, s.dataset, s.split, s.corruption, s.severity, s.max_images) == ("c", "toy", "test", "snow", 5, 200)
+    assert EvalSplit.parse("c=toy:test:snow:5").max_images is None
+    for bad in ["toy:test", "=toy:test", "a=toy", "a=toy:test:snow", "a=toy:test:snow:5:200:1", "a=toy::snow:5"]:
+        with pytest.raises(ValueError, match="bad eval split"):
+            EvalSplit.parse(bad)
+
+
+@pytest.mark.parametrize("text", ["a=toy:test:snow:5:0", "a=toy:test:snow:5:-5"])
+def test_evalsplit_parse_rejects_non_positive_max_images(text):
+    with pytest.raises(ValueError):
+        EvalSplit.parse(text)
+
+
+def test_evaluate_models_equals_evaluate_model(world, tmp_path):
+    dirs, _, _ = world["runs"][0]
+    data = world["data"]
+    splits = [EvalSplit.parse(s) for s in ["test=toy:test", "val=toy:val",
+                                           "test.gaussian_noise-3=toy:test:gaussian_noise:3:8",
+                                           "test.contrast-5=toy:test:contrast:5:1000"]]
+    models = ["linear", "knn"]
+    joint = evaluate_models([(dirs[m], tmp_path / f"joint_{m}.parquet", tmp_path / f"joint_{m}.json") for m in models],
+                            splits, data, device="cpu")
+    alone = [evaluate_model(dirs[m], splits, data, tmp_path / f"alone_{m}.parquet", tmp_path / f"alone_{m}.json",
+                            device="cpu") for m in models]
+    for m, cj, ca in zip(models, joint, alone):
+        tj, ta = pq.read_table(tmp_path / f"joint_{m}.parquet"), pq.read_table(tmp_path / f"alone_{m}.parquet")
+        assert tj.equals(ta) and tj.schema.metadata == ta.schema.metadata
+        assert {k: v for k, v in cj.items() if k != "latency_ms"} == {k: v for k, v in ca.items() if k != "latency_ms"}
+    assert joint[1]["size_bytes"] > joint[0]["size_bytes"]  # the kNN bank (40 x 64 floats) is stored
+    got = read_logits(tmp_path / "joint_knn.parquet")
+    assert sorted(got) == sorted(s.name for s in splits)
+    _, test_y, _ = load_tensors(data, "toy", "test")
+    logits, labels, tags = got["test.gaussian_noise-3"]
+    # max_images 8 of 24: the first 2 test images of each class
+    assert logits.shape == (8, 4)
+    assert np.array_equal(labels, test_y[balanced_subset(test_y, 8)].numpy())
+    assert np.array_equal(np.bincount(labels, minlength=4), [2, 2, 2, 2])
+    assert tags["shift"] == "corruption" and tags["corruption"] == "gaussian_noise" and tags["severity"] == 3
+    assert len(got["test.contrast-5"][1]) == SIZES["test"]  # max_images above the split size: all images
+    assert len(got["test"][1]) == SIZES["test"] and got["test"][2]["shift"] == "id"
+    # a clean split is the model's plain predictions
+    test_x, _, _ = load_tensors(data, "toy", "test")
+    knn, _ = load_model(dirs["knn"])
+    np.testing.assert_allclose(got["test"][0], predict_logits(knn, test_x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_models_rejects_duplicate_split_names(world, tmp_path):
+    dirs, _, _ = world["runs"][0]
+    splits = [EvalSplit.parse("a=toy:test"), EvalSplit.parse("a=toy:val")]
+    with pytest.raises(ValueError, match="duplicate eval split names"):
+        evaluate_models([(dirs["linear"], tmp_path / "l.parquet", tmp_path / "l.json")], splits, world["data"],
+                        device="cpu")
