@@ -127,6 +127,16 @@ def cmd_report_html(args: argparse.Namespace) -> None:
     write_report(args.tables, args.figures, args.config, args.out)
 
 
+def _training_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments every single-model training verb takes (one recipe in, one model directory out)."""
+    p.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--checkpoint", help="resumable checkpoint path (resumed if present)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlbench", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -151,20 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="training stages").add_subparsers(dest="train_verb", required=True)
     s = t.add_parser("supervised", help="train backbone + head from scratch on the labeled train split")
-    s.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
-    s.add_argument("--data-root", default="data")
-    s.add_argument("--out", required=True, help="model directory to write")
-    s.add_argument("--checkpoint", help="resumable checkpoint path (resumed if present)")
-    s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    _training_args(s, out_help="model directory to write")
     s.set_defaults(fn=cmd_train_supervised)
     pt = t.add_parser("pretrain", help="self-supervised pretraining of a backbone on the unlabeled split")
-    pt.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")
-    pt.add_argument("--data-root", default="data")
-    pt.add_argument("--out", required=True, help="model directory to write (backbone only)")
-    pt.add_argument("--checkpoint", help="resumable checkpoint path (resumed if present)")
-    pt.add_argument("--threads", type=int, default=0)
-    pt.add_argument("--device", default="auto")
+    _training_args(pt, out_help="model directory to write (backbone only)")
     pt.set_defaults(fn=cmd_train_pretrain)
     ad = t.add_parser("adapt", help="adapt a pretrained backbone with evaluation protocols (one model each)")
     ad.add_argument("--recipe", required=True, help="recipe JSON, inline or @file")

@@ -18,7 +18,6 @@ from dlbench.adapt.base import run_order
 from dlbench.adapt.frozen import fit_logistic
 from dlbench.adapt.run import adapt
 from dlbench.data.loader import balanced_subset, load_tensors
-from dlbench.data.store import write_meta, write_split
 from dlbench.evaluate.predict import EvalSplit, evaluate_model, evaluate_models, predict_logits, read_logits
 from dlbench.models.backbones import Classifier, build_backbone
 from dlbench.models.checkpoint import WEIGHTS, CheckpointError, load_backbone, load_model, save_model
@@ -26,37 +25,19 @@ from dlbench.models.heads import KNNHead, build_head, knn_vote_probs
 from dlbench.pretrain.run import pretrain
 from dlbench.registry import UnknownNameError
 
-SPEC = {"timm": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
-        "cifar_stem": True, "stem_stride": 2}
-PALETTE = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]])
+from .ssl_helpers import TINY_SPEC as SPEC, make_colour_dataset
+
 SIZES = {"unlabeled": 64, "train": 40, "val": 16, "test": 24}
 PROTOCOLS = ["linear", "knn", "finetune", "lpft"]
 FT = {"epochs": 1, "batch_size": 20, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False}
 TSNE_POINTS = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: one intra-op thread is faster and does not thrash when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_dataset(root: Path, name: str = "toy", size: int = 16, sizes: dict[str, int] = SIZES) -> Path:
-    """4 classes told apart by colour (+ pixel noise); labels cycle 0,1,2,3 so every split is balanced."""
-    rng = np.random.default_rng(0)
-    out = root / name
-    out.mkdir(parents=True)
-    splits = {}
-    for split, n in sizes.items():
-        y = np.arange(n) % 4
-        x = np.clip(PALETTE[y][:, None, None, :] + rng.integers(-30, 31, (n, size, size, 3)), 0, 255).astype(np.uint8)
-        write_split(out, split, x, np.full(n, -1) if split == "unlabeled" else y)
-        splits[split] = {"n": n, "shift": "id"}
-    write_meta(out, {"name": name, "classes": ["red", "green", "blue", "yellow"], "splits": splits})
-    return root
+    return make_colour_dataset(root, sizes, name, size)
 
 
 def pretrain_recipe(method: str = "random") -> dict:

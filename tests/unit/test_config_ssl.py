@@ -19,14 +19,7 @@ def raw(name: str = "configs/smoke.yaml") -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

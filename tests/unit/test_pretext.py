@@ -11,18 +11,12 @@ from dlbench.pretrain.pretext import (NEIGHBOUR_OFFSETS, chroma_classes, crop_pa
                                       maximal_hamming_permutations, min_pairwise_hamming, rotate_batch)
 from dlbench.pretrain.views import ViewConfig
 
-TINY = {"timm": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
-        "cifar_stem": True, "stem_stride": 2}
+from .ssl_helpers import TINY_SPEC as TINY
+
 NAMES = ["rotation", "jigsaw", "colorization", "inpainting", "relative_location"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, size=32, **params):
