@@ -1,4 +1,4 @@
-"""Shared fixtures for the self-supervised unit tests: a tiny backbone, toy data, method builders.
+"""Shared helpers for the self-supervised unit tests: a tiny backbone, toy data, method builders.
 
 One place for them so the per-family test files differ only in what they assert.
 """
@@ -49,23 +49,21 @@ def images_uint8(n: int = N_IMAGES, seed: int = 0, size: int = 32) -> torch.Tens
     return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def make_method(name: str, params: dict[str, Any], images: torch.Tensor | None = None, epochs: int = 2,
-                steps_per_epoch: int = 4, spec: dict[str, Any] = TINY_SPEC):
-    """The registered method ``name`` on a fresh tiny backbone (seeded init), ready for ``training_loss``."""
+def make(name: str, params: dict[str, Any] | None = None, images: torch.Tensor | None = None,
+         epochs: int = 2, steps_per_epoch: int = 4):
+    """The registered method ``name`` on a fresh tiny backbone (seeded init), ready for ``training_loss``.
+
+    ``params`` default to the small heads of ``SMALL_PARAMS``.
+    """
     torch.manual_seed(0)  # backbone and head initialisation
-    setup = PretrainSetup(backbone=build_backbone(spec), backbone_spec=spec, params=dict(params), views=ViewConfig(),
+    setup = PretrainSetup(backbone=build_backbone(TINY_SPEC), backbone_spec=TINY_SPEC,
+                          params=dict(SMALL_PARAMS[name] if params is None else params), views=ViewConfig(),
                           input_size=(32, 32), images=images_uint8() if images is None else images,
                           epochs=epochs, steps_per_epoch=steps_per_epoch)
     method = METHODS.get(name)(setup)
     if getattr(method, "wants_indices", False):
         method.before_epoch(0, torch.Generator().manual_seed(1))  # DeepCluster: pseudo-labels before any step
     return method
-
-
-def make(name: str, params: dict[str, Any] | None = None, images: torch.Tensor | None = None,
-         epochs: int = 2, steps_per_epoch: int = 4):
-    """``make_method`` with the small heads of ``SMALL_PARAMS`` unless ``params`` are given."""
-    return make_method(name, SMALL_PARAMS[name] if params is None else params, images, epochs, steps_per_epoch)
 
 
 def first_batch(method) -> tuple[torch.Tensor, torch.Tensor]:

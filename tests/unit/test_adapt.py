@@ -31,13 +31,7 @@ SIZES = {"unlabeled": 64, "train": 40, "val": 16, "test": 24}
 PROTOCOLS = ["linear", "knn", "finetune", "lpft"]
 FT = {"epochs": 1, "batch_size": 20, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False}
 TSNE_POINTS = 16
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_dataset(root: Path, name: str = "toy", size: int = 16, sizes: dict[str, int] = SIZES) -> Path:
-    return make_colour_dataset(root, sizes, name, size)
 
 
 def pretrain_recipe(method: str = "random") -> dict:
@@ -62,7 +56,7 @@ def state_equal(a: dict, b: dict) -> bool:
 def world(tmp_path_factory):
     """Tiny dataset, a `random` pretrained backbone, and two identical adapt runs with every protocol."""
     tmp = tmp_path_factory.mktemp("adapt")
-    data = make_dataset(tmp / "data")
+    data = make_colour_dataset(tmp / "data", SIZES)
     parent = pretrain(pretrain_recipe(), data, tmp / "pre", device="cpu")
     runs = []
     for run in ("a", "b"):

@@ -13,13 +13,11 @@ from dlbench.evaluate.predict import EvalSplit
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["config.yaml", "configs/smoke.yaml", "configs/stl10.yaml"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def raw(name: str = "configs/smoke.yaml") -> dict:
     return yaml.safe_load((ROOT / name).read_text())
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

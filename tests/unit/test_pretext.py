@@ -14,8 +14,6 @@ from dlbench.pretrain.views import ViewConfig
 from .ssl_helpers import TINY_SPEC as TINY
 
 NAMES = ["rotation", "jigsaw", "colorization", "inpainting", "relative_location"]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

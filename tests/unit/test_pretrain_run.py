@@ -23,13 +23,7 @@ SIZES = {"unlabeled": 64, "train": 40, "val": 16}
 TRAIN = {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False,
          "checkpoint_min_seconds": 0}
 SMALL_SIMCLR = {"proj_hidden": 32, "proj_dim": 16}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_dataset(root: Path, name: str = "toy", size: int = 16, sizes: dict[str, int] = SIZES) -> Path:
-    return make_colour_dataset(root, sizes, name, size)
 
 
 def recipe(method: str, **over) -> dict:
@@ -42,7 +36,7 @@ def recipe(method: str, **over) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("pretrain") / "data")
+    return make_colour_dataset(tmp_path_factory.mktemp("pretrain") / "data", SIZES)
 
 
 # ---- collapse monitor ---------------------------------------------------------------------------
@@ -207,7 +201,7 @@ def test_balanced_subset():
 
 
 def test_labeled_splits_carves_val_from_train(tmp_path):
-    root = make_dataset(tmp_path, sizes={"train": 80, "val": 12})
+    root = make_colour_dataset(tmp_path, {"train": 80, "val": 12})
     x, y, _ = load_tensors(root, "toy", "train")
     tx, ty, vx, vy = labeled_splits(root, "toy", "train", None)
     assert len(vy) == 8 and len(ty) == 72  # 10% of 80, two per class
@@ -233,6 +227,6 @@ def test_labeled_splits_carves_val_from_train(tmp_path):
 
 
 def test_labeled_splits_small_train_holds_out_one_per_class(tmp_path):
-    root = make_dataset(tmp_path, sizes={"train": 20})
+    root = make_colour_dataset(tmp_path, {"train": 20})
     _, ty, _, vy = labeled_splits(root, "toy", "train", None)
     assert sorted(vy.tolist()) == [0, 1, 2, 3] and len(ty) == 16  # 10% = 2 < 4 classes: one per class
