@@ -7,7 +7,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
+include: "workflow/rules/supervised.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/adapt.smk"
 include: "workflow/rules/evaluate.smk"
@@ -16,7 +16,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        "results/report.html",
-        "results/tables/metrics.parquet",
-        expand("results/figures/{figure}", figure=FIGURES),
+        all_targets(),
     default_target: True

@@ -1,13 +1,17 @@
-"""Config validation and the expansion of a config into the grid of models and eval splits.
+"""Config validation: a bad config fails before any job runs, with a message naming the key.
 
-Both the Snakefile (``workflow/rules/common.smk``) and the CLI call ``load_config``/``check``,
-so a bad config fails the same way everywhere, before any job runs, naming the key.
+Both the Snakefile (``workflow/rules/common.smk``) and the CLI call ``load_config``/``check``.
+The JSON schema (``workflow/schemas/config.schema.yaml``) checks the shape; ``check`` then checks
+every name against its registry (datasets and their splits, backbone sources and models,
+corruptions, pretraining and adaptation kinds, schedules) and every variant's parameters
+against its registered kind, and that every view a method feeds a backbone survives the
+backbone's reduction. The expansion of a valid config into models and recipes is ``dlbench.plan``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +32,42 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+def _key_path(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _schema_errors(instance: Any, schema: dict[str, Any], prefix: str = "") -> None:
+    """Raise ConfigError for the shallowest schema violation, naming its key (under ``prefix``)."""
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if not errors:
+        return
+    e = errors[0]
+    where = _key_path([*([prefix] if prefix else []), *e.absolute_path])
+    if e.validator == "additionalProperties":
+        extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+        keys = ", ".join(f"{where}.{k}" if where != "(top level)" else k for k in extra)
+        raise ConfigError(f"unknown config key {keys}; allowed here: {sorted(e.schema.get('properties', {}))}")
+    if e.validator == "pattern" and where == "device":
+        raise ConfigError(f"config key device: {e.instance!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    raise ConfigError(f"config key {where}: {e.message}")
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Schema-check ``config`` and fill defaults; raise ConfigError naming the first bad key."""
-    validator = jsonschema.Draft7Validator(_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
-    if errors:
-        e = errors[0]
-        if e.validator == "additionalProperties":
-            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
-            where = _key_path(e)
-            keys = ", ".join(f"{where}.{k}" if where != "(top level)" else k for k in extra)
-            raise ConfigError(f"unknown config key {keys}; allowed here: {sorted(e.schema.get('properties', {}))}")
-        raise ConfigError(f"config key {_key_path(e)}: {e.message}")
+    _schema_errors(config, _schema())
     cfg = copy.deepcopy(config)
     cfg.setdefault("device", "auto")
-    cfg.setdefault("data_root", "data")
+    cfg.setdefault("results_dir", "results")
+    cfg["results_dir"] = cfg["results_dir"].rstrip("/")
     cfg.setdefault("threads", {})
     cfg["threads"].setdefault("train", 1)
     cfg["threads"].setdefault("evaluate", 1)
+    cfg.setdefault("evaluate", {})
+    cfg.setdefault("cluster", {})
     cfg.setdefault("report", {})
     for ds in cfg["datasets"].values():
         ds.setdefault("unlabeled_split", "unlabeled")
@@ -57,51 +75,155 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         ds.setdefault("val_split", "val")
         if "corruptions" in ds:
             ds["corruptions"].setdefault("source", "test")
+    for spec in cfg["backbones"].values():
+        spec.setdefault("source", "timm")
     return cfg
 
 
-def check(config: dict[str, Any]) -> dict[str, Any]:
-    """Full check: schema, then registry names (datasets, backbones, corruptions) and cross-references."""
-    from dlbench.data.registry import load_all
-    from dlbench.models.backbones import UnknownBackboneError, check_backbone_spec
+# ---- helpers used by the checks below and by dlbench.plan --------------------------------------
 
+def get_path(d: dict[str, Any], path: str) -> Any:
+    """``get_path(d, "train.lr")`` -> d["train"]["lr"] (None when absent)."""
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def set_path(d: dict[str, Any], path: str, value: Any) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
+def sweep_points(sweep: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
+    """The combinations of a ``sweep`` (knob -> values), in config order; ``[{}]`` without one."""
+    if not sweep:
+        return [{}]
+    keys = list(sweep)
+    return [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))]
+
+
+def check_train(train: dict[str, Any], where: str) -> None:
+    """The engine's own check of a training recipe (unknown keys, schedule name and parameters)."""
+    from dlbench.train.engine import TrainConfig
+
+    try:
+        TrainConfig.from_dict(train, seed=0)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+RESERVED = {"pretrain": ("none",), "adapt": ("none", "supervised")}
+
+
+def _check_variant_name(slot: str, name: str, sweep: dict[str, Any] | None) -> None:
+    """A variant name (and each of its sweep points' names) must be a model-id slot no rule claims."""
+    from dlbench.ids import BadIdError, sweep_name
+
+    if name in RESERVED[slot]:
+        raise ConfigError(f"{slot}.variants.{name}: the name {name!r} is reserved; choose another")
+    for point in sweep_points(sweep):
+        try:
+            sweep_name(name, point)
+        except BadIdError as e:
+            raise ConfigError(f"{slot}.variants.{name}.sweep: {e}") from None
+
+
+def _check_sweep(sweep: dict[str, Any] | None, knobs: dict[str, str], where: str, kind: str) -> None:
+    for knob in sweep or {}:
+        if knob not in knobs:
+            raise ConfigError(f"{where}.sweep.{knob}: not a knob of kind {kind!r}; knobs: "
+                              f"{', '.join(sorted(knobs)) or '(none)'}")
+
+
+# ---- the full check ----------------------------------------------------------------------------
+
+def check(config: dict[str, Any]) -> dict[str, Any]:
+    """Full check: schema, then registry names, parameters and cross-references; returns the filled config."""
     cfg = validate(config)
+    _check_datasets(cfg)
+    _check_backbones(cfg)
+    _check_supervised(cfg)
+    if "pretrain" in cfg:
+        _check_pretrain(cfg)
+    if "adapt" in cfg:
+        _check_adapt(cfg)
+    if "pretrain" in cfg and "adapt" not in cfg:
+        raise ConfigError("pretrain: needs an adapt: section with variants (a pretrained backbone alone is never "
+                          "evaluated)")
+    return cfg
+
+
+def _dataset_split(cfg: dict[str, Any], name: str, split: str | None, where: str) -> None:
+    from dlbench.data.registry import load_all
+
+    spec = load_all().get(name)
+    if split is not None and spec.splits is not None and split not in spec.splits:
+        raise ConfigError(f"{where}: dataset {name!r} has no split {split!r}; splits: {', '.join(spec.splits)}")
+
+
+def _check_datasets(cfg: dict[str, Any]) -> None:
+    from dlbench.data.corruptions import corruption_names
+    from dlbench.data.registry import load_all
+
     datasets = load_all()
     for name, ds in cfg["datasets"].items():
+        where = f"datasets.{name}"
         if name not in datasets:
-            raise ConfigError(f"datasets.{name}: unknown dataset {name!r}; known: {', '.join(datasets.names())}")
+            raise ConfigError(f"{where}: unknown dataset {name!r}; known: {', '.join(datasets.names())}")
+        for key in ("train_split", "val_split"):
+            _dataset_split(cfg, name, ds[key], f"{where}.{key}")
         for i, entry in enumerate(ds["eval"]):
             other = entry.get("dataset", name)
             if other not in datasets:
-                raise ConfigError(f"datasets.{name}.eval[{i}].dataset: unknown dataset {other!r}")
+                raise ConfigError(f"{where}.eval[{i}].dataset: unknown dataset {other!r}; known: "
+                                  f"{', '.join(datasets.names())}")
             if "split" not in entry and "types" not in entry:
-                raise ConfigError(f"datasets.{name}.eval[{i}]: needs 'split' or 'types' + 'severities'")
+                raise ConfigError(f"{where}.eval[{i}]: needs 'split' or 'types' + 'severities'")
+            if "split" in entry:
+                _dataset_split(cfg, other, entry["split"], f"{where}.eval[{i}].split")
         if "corruptions" in ds:
-            from dlbench.data.corruptions import corruption_names
-
             known = corruption_names()
+            _dataset_split(cfg, name, ds["corruptions"]["source"], f"{where}.corruptions.source")
             for t in ds["corruptions"]["types"]:
                 if t not in known:
-                    raise ConfigError(f"datasets.{name}.corruptions.types: unknown corruption {t!r}; known: {', '.join(known)}")
+                    raise ConfigError(f"{where}.corruptions.types: unknown corruption {t!r}; known: {', '.join(known)}")
+
+
+def _check_backbones(cfg: dict[str, Any]) -> None:
+    from dlbench.models.sources import BackboneSpecError, check_spec
+
     for name, spec in cfg["backbones"].items():
         try:
-            check_backbone_spec(name, spec)
-        except UnknownBackboneError as e:
+            check_spec(name, spec)
+        except BackboneSpecError as e:
             raise ConfigError(str(e)) from None
+
+
+def _check_run(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:
+    if run["dataset"] not in cfg["datasets"]:
+        raise ConfigError(f"{where}.dataset: {run['dataset']!r} is not under datasets:")
+    if run["backbone"] not in cfg["backbones"]:
+        raise ConfigError(f"{where}.backbone: unknown backbone {run['backbone']!r}; defined: "
+                          f"{', '.join(cfg['backbones'])}")
+
+
+def _check_supervised(cfg: dict[str, Any]) -> None:
+    sup = cfg.get("supervised")
+    if not sup:
+        return
     seen = set()
-    for i, run in enumerate(cfg["supervised"]["runs"]):
-        if run["dataset"] not in cfg["datasets"]:
-            raise ConfigError(f"supervised.runs[{i}].dataset: {run['dataset']!r} is not under datasets:")
-        if run["backbone"] not in cfg["backbones"]:
-            raise ConfigError(f"supervised.runs[{i}].backbone: unknown backbone {run['backbone']!r}; "
-                              f"defined: {', '.join(cfg['backbones'])}")
+    for i, run in enumerate(sup["runs"]):
+        where = f"supervised.runs[{i}]"
+        _check_run(cfg, run, where)
+        check_train({**sup["train"], **run.get("train", {})}, f"{where}.train")
         key = (run["dataset"], run["backbone"])
         if key in seen:
-            raise ConfigError(f"supervised.runs[{i}]: {key} is listed twice (model ids would collide)")
+            raise ConfigError(f"{where}: {key} is listed twice (model ids would collide)")
         seen.add(key)
-    if "pretrain" in cfg:
-        _check_pretrain(cfg)
-    return cfg
 
 
 def _is_vit(spec: dict[str, Any]) -> bool:
@@ -109,48 +231,148 @@ def _is_vit(spec: dict[str, Any]) -> bool:
     registers it, not by the name (mobilevit, fastvit, levit are not ViTs in this sense)."""
     from timm.models import is_model_in_modules
 
-    return is_model_in_modules(spec["timm"], ["vision_transformer", "deit", "vision_transformer_hybrid"])
+    return spec.get("source", "timm") == "timm" and is_model_in_modules(
+        spec["model"], ["vision_transformer", "deit", "vision_transformer_hybrid"])
+
+
+def pretrain_variant_config(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """A pretrain variant's entry, ``{}`` when the run names a kind that has no entry (kind = name)."""
+    return dict((cfg["pretrain"].get("variants") or {}).get(name) or {})
 
 
 def _check_pretrain(cfg: dict[str, Any]) -> None:
-    """Registry names of methods and protocols, ViT-only methods on ViTs, runs against datasets/backbones."""
-    from dlbench.adapt.base import load_all as load_protocols
     from dlbench.pretrain.base import load_all as load_methods
+    from dlbench.pretrain.views import ViewConfig
 
-    methods, protocols = load_methods(), load_protocols()
-    for name in cfg["pretrain"].get("methods", {}):
-        if name not in methods:
-            raise ConfigError(f"pretrain.methods.{name}: unknown pretrain method {name!r}; known: {', '.join(methods.names())}")
+    methods, pre = load_methods(), cfg["pretrain"]
+    check_train(pre["train"], "pretrain.train")
+    for name, variant in (pre.get("variants") or {}).items():
+        where = f"pretrain.variants.{name}"
+        kind = variant.get("kind", name)
+        if kind not in methods:
+            raise ConfigError(f"{where}.kind: unknown pretrain kind {kind!r}; known: {', '.join(methods.names())}")
+        cls = methods.get(kind)
+        try:
+            cls.resolve_params(variant.get("params"))
+        except ValueError as e:
+            raise ConfigError(f"{where}.params: {e}") from None
+        check_train({**pre["train"], **variant.get("train", {})}, f"{where}.train")
+        try:
+            ViewConfig.from_dict({**pre.get("views", {}), **variant.get("views", {})})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}.views: {e}") from None
+        _check_sweep(variant.get("sweep"), cls.knobs, where, kind)
+        _check_variant_name("pretrain", name, variant.get("sweep"))
     seen = set()
-    for i, run in enumerate(cfg["pretrain"]["runs"]):
+    for i, run in enumerate(pre["runs"]):
         where = f"pretrain.runs[{i}]"
-        if run["dataset"] not in cfg["datasets"]:
-            raise ConfigError(f"{where}.dataset: {run['dataset']!r} is not under datasets:")
-        if run["backbone"] not in cfg["backbones"]:
-            raise ConfigError(f"{where}.backbone: unknown backbone {run['backbone']!r}; defined: {', '.join(cfg['backbones'])}")
-        for m in run["methods"]:
-            if m not in methods:
-                raise ConfigError(f"{where}.methods: unknown pretrain method {m!r}; known: {', '.join(methods.names())}")
-            if methods.get(m).requires == "vit" and not _is_vit(cfg["backbones"][run["backbone"]]):
-                raise ConfigError(f"{where}.methods: {m!r} needs a Vision Transformer backbone; "
-                                  f"{run['backbone']!r} is timm {cfg['backbones'][run['backbone']]['timm']!r}")
-            key = (run["dataset"], run["backbone"], m)
+        _check_run(cfg, run, where)
+        ds = cfg["datasets"][run["dataset"]]
+        _dataset_split(cfg, run["dataset"], ds["unlabeled_split"], f"datasets.{run['dataset']}.unlabeled_split")
+        spec = cfg["backbones"][run["backbone"]]
+        for v in run["variants"]:
+            entry = pretrain_variant_config(cfg, v)
+            kind = entry.get("kind", v)
+            if kind not in methods:
+                raise ConfigError(f"{where}.variants: {v!r} is neither a variant under pretrain.variants nor a "
+                                  f"pretrain kind; kinds: {', '.join(methods.names())}")
+            cls = methods.get(kind)
+            if cls.requires == "vit" and not _is_vit(spec):
+                raise ConfigError(f"{where}.variants: {v!r} (kind {kind}) needs a Vision Transformer backbone; "
+                                  f"{run['backbone']!r} is {spec.get('source', 'timm')} {spec['model']!r}")
+            _check_sides(cfg, run, v, cls, entry)
+            key = (run["dataset"], run["backbone"], v)
             if key in seen:
                 raise ConfigError(f"{where}: {key} is listed twice (model ids would collide)")
             seen.add(key)
-    adapt = cfg.get("adapt") or {}
-    if not adapt:
-        raise ConfigError("pretrain: needs an adapt: section with protocols (a pretrained backbone alone is never evaluated)")
-    for p in adapt["protocols"]:
-        if p not in protocols:
-            raise ConfigError(f"adapt.protocols: unknown adapt protocol {p!r}; known: {', '.join(protocols.names())}")
-    for key in adapt:
-        if key not in ("protocols", "tsne_points") and key not in protocols:
-            raise ConfigError(f"unknown config key adapt.{key}; allowed here: protocols, tsne_points, "
-                              f"{', '.join(protocols.names())}")
-    for p in ("finetune", "lpft"):
-        if p in adapt["protocols"] and "train" not in adapt.get(p, {}):
-            raise ConfigError(f"adapt.{p}.train: required when {p!r} is in adapt.protocols")
+
+
+def _check_sides(cfg: dict[str, Any], run: dict[str, Any], variant: str, cls: type, entry: dict[str, Any]) -> None:
+    """Every input a method feeds the backbone must survive the backbone's reduction (checked by shape
+    inference on the meta device: no weights, no compute), or the job would die deep in training."""
+    from dlbench.data.registry import load_all
+    from dlbench.pretrain.views import ViewConfig
+
+    side = load_all().get(run["dataset"]).image_size
+    views = ViewConfig.from_dict({**cfg["pretrain"].get("views", {}), **entry.get("views", {})})
+    bad = _failing_side(cfg["backbones"][run["backbone"]], side,
+                        cls.input_sides(entry.get("params") or {}, views, side))
+    if bad:
+        what, px, err = bad
+        spec = cfg["backbones"][run["backbone"]]
+        raise ConfigError(f"pretrain variant {variant!r} (kind {cls.name}) feeds backbone {run['backbone']!r} "
+                          f"({spec.get('source', 'timm')} {spec['model']}) {what} of {px} px, which the backbone "
+                          f"reduces to nothing ({err}); use larger crops (the kind's params or views) or a "
+                          f"backbone with a smaller total stride")
+
+
+_SIDE_CACHE: dict[tuple[str, int, int], str | None] = {}
+
+
+def _failing_side(spec: dict[str, Any], image_side: int, sides: list[tuple[str, int]]) -> tuple[str, int, str] | None:
+    import torch
+
+    from dlbench.models.backbones import build_backbone
+
+    key = yaml.safe_dump(spec, sort_keys=True)
+    for what, px in sides:
+        cache_key = (key, image_side, px)
+        if cache_key not in _SIDE_CACHE:
+            with torch.device("meta"):
+                backbone = build_backbone({k: v for k, v in spec.items() if k != "weights"}, (image_side, image_side))
+                try:
+                    with torch.no_grad():
+                        backbone(torch.empty(2, 3, px, px))
+                    _SIDE_CACHE[cache_key] = None
+                except RuntimeError as e:
+                    _SIDE_CACHE[cache_key] = str(e).splitlines()[0]
+        if _SIDE_CACHE[cache_key] is not None:
+            return what, px, _SIDE_CACHE[cache_key]
+    return None
+
+
+def _check_adapt(cfg: dict[str, Any]) -> None:
+    from dlbench.adapt.base import load_all as load_kinds
+    from dlbench.data.augment import AugmentConfig
+
+    kinds = load_kinds()
+    variants = cfg["adapt"]["variants"]
+    for name, variant in variants.items():
+        where = f"adapt.variants.{name}"
+        kind_name = variant.get("kind", name)
+        if kind_name not in kinds:
+            raise ConfigError(f"{where}.kind: unknown adapt kind {kind_name!r}; known: {', '.join(kinds.names())}")
+        kind = kinds.get(kind_name)
+        params = {k: v for k, v in variant.items() if k not in ("kind", "of", "sweep")}
+        for key in params:
+            if key not in kind.defaults:
+                raise ConfigError(f"unknown config key {where}.{key}: not a parameter of adapt kind {kind.name!r}; "
+                                  f"parameters: {', '.join(sorted(kind.defaults)) or '(none)'}")
+        for key in kind.required:
+            if key not in params:
+                raise ConfigError(f"{where}.{key}: required by adapt kind {kind.name!r}")
+        schema = _schema()["definitions"]
+        for key in ("train", "augment"):
+            if key in params:
+                _schema_errors(params[key], {**schema[key], "definitions": schema}, f"{where}.{key}")
+        if "train" in params:
+            check_train(params["train"], f"{where}.train")
+        if "augment" in params:
+            AugmentConfig.from_dict(params["augment"])
+        _check_sweep(variant.get("sweep"), kind.knobs, where, kind.name)
+        _check_variant_name("adapt", name, variant.get("sweep"))
+        if kind.of:
+            of = variant.get("of")
+            if of is None:
+                raise ConfigError(f"{where}.of: adapt kind {kind.name!r} starts from a {kind.of!r} variant; name it")
+            base = next((b for b in variants if of == b or of.startswith(f"{b}-")), None)
+            if base is None or variants[base].get("kind", base) != kind.of:
+                raise ConfigError(f"{where}.of: {of!r} is not an adapt variant of kind {kind.of!r}")
+            if of == base and variants[base].get("sweep"):
+                raise ConfigError(f"{where}.of: {of!r} is a sweep; name one of its points (e.g. "
+                                  f"{of}-<knob><value>)")
+        elif "of" in variant:
+            raise ConfigError(f"{where}.of: adapt kind {kind.name!r} does not start from another variant")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -162,85 +384,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return check(raw or {})
-
-
-# ---- expansion: what the DAG builds -------------------------------------------------------------
-
-def eval_split_specs(cfg: dict[str, Any], dataset: str) -> list[str]:
-    """Eval splits of ``dataset`` as ``NAME=DATASET:SPLIT[:CORRUPTION:SEVERITY]`` strings."""
-    ds = cfg["datasets"][dataset]
-    specs = []
-    for entry in ds["eval"]:
-        other = entry.get("dataset", dataset)
-        prefix = "" if other == dataset else f"{other}."
-        if "split" in entry:
-            specs.append(f"{prefix}{entry['split']}={other}:{entry['split']}")
-        else:
-            for t in entry["types"]:
-                for s in entry.get("severities", [1, 2, 3, 4, 5]):
-                    specs.append(f"{prefix}{t}-{s}={other}:{t}-{s}")
-    if "corruptions" in ds:
-        c = ds["corruptions"]
-        tail = f":{c['max_images']}" if c.get("max_images") else ""
-        for t in c["types"]:
-            for s in c["severities"]:
-                specs.append(f"{c['source']}.{t}-{s}={dataset}:{c['source']}:{t}:{s}{tail}")
-    return specs
-
-
-def eval_datasets(cfg: dict[str, Any], dataset: str) -> list[str]:
-    """Every dataset an evaluation of a ``dataset`` model reads (for the DAG's inputs)."""
-    names = {dataset} | {e.get("dataset", dataset) for e in cfg["datasets"][dataset]["eval"]}
-    return sorted(names)
-
-
-def supervised_recipe(cfg: dict[str, Any], dataset: str, backbone: str, seed: int) -> dict[str, Any]:
-    """The full, self-contained recipe of one supervised model (also its provenance)."""
-    sup = cfg["supervised"]
-    run = next(r for r in sup["runs"] if r["dataset"] == dataset and r["backbone"] == backbone)
-    ds = cfg["datasets"][dataset]
-    return {
-        "dataset": dataset, "backbone": backbone, "backbone_spec": cfg["backbones"][backbone],
-        "pretrain": "none", "adapt": "supervised", "seed": int(seed),
-        "train_split": ds["train_split"], "val_split": ds["val_split"],
-        "train": {**sup["train"], **run.get("train", {})},
-        "augment": {**sup.get("augment", {}), **run.get("augment", {})},
-        "label_smoothing": sup.get("label_smoothing", 0.0),
-    }
-
-
-def pretrain_runs(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
-    """(dataset, backbone, method, seed) for every pretraining run of the config."""
-    return [(r["dataset"], r["backbone"], m, s) for r in (cfg.get("pretrain") or {}).get("runs", [])
-            for m in r["methods"] for s in r.get("seeds", cfg["seeds"])]
-
-
-def pretrain_recipe(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> dict[str, Any]:
-    """The self-contained recipe of one pretraining run (method overrides on top of the shared settings)."""
-    pre = cfg["pretrain"]
-    over = (pre.get("methods") or {}).get(method, {})
-    ds = cfg["datasets"][dataset]
-    return {
-        "dataset": dataset, "backbone": backbone, "backbone_spec": cfg["backbones"][backbone],
-        "pretrain": method, "seed": int(seed),
-        "unlabeled_split": ds["unlabeled_split"], "train_split": ds["train_split"], "val_split": ds["val_split"],
-        "train": {**pre["train"], **over.get("train", {})},
-        "views": {**pre.get("views", {}), **over.get("views", {})},
-        "params": dict(over.get("params", {})),
-    }
-
-
-def adapt_recipe(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> dict[str, Any]:
-    """The recipe of one adapt job: every configured protocol's params for one pretrained backbone."""
-    adapt = cfg["adapt"]
-    ds = cfg["datasets"][dataset]
-    return {
-        "dataset": dataset, "backbone": backbone, "pretrain": method, "seed": int(seed),
-        "train_split": ds["train_split"], "val_split": ds["val_split"],
-        "protocols": {p: adapt.get(p, {}) for p in adapt["protocols"]},
-        "tsne_points": int(adapt.get("tsne_points", 500)),
-    }
-
-
-def recipe_json(recipe: dict[str, Any]) -> str:
-    return json.dumps(recipe, sort_keys=True, separators=(",", ":"))

@@ -1,5 +1,6 @@
-"""Adaptation of a pretrained backbone: kNN head, logistic probe, protocol order, the adapt stage end to end,
-and the evaluation of adapted models (several models sharing eval splits, corruption subsets)."""
+"""Adaptation of a pretrained backbone: kNN head, logistic probe, the adapt stage end to end (frozen
+variants in one job, trained variants alone, LP-FT from the linear probe), and the evaluation of
+adapted models (several models sharing eval splits, cached corruptions, cached embeddings)."""
 
 from __future__ import annotations
 
@@ -14,56 +15,73 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlbench.adapt.base import run_order
 from dlbench.adapt.frozen import fit_logistic
 from dlbench.adapt.run import adapt
+from dlbench.data.corrupted import write_corrupted
 from dlbench.data.loader import balanced_subset, load_tensors
-from dlbench.evaluate.predict import EvalSplit, evaluate_model, evaluate_models, predict_logits, read_logits
+from dlbench.evaluate.outputs import read_embeddings, read_logits
+from dlbench.evaluate.predict import EvalJob, EvalSplit, evaluate_models
 from dlbench.models.backbones import Classifier, build_backbone
 from dlbench.models.checkpoint import WEIGHTS, CheckpointError, load_backbone, load_model, save_model
 from dlbench.models.heads import KNNHead, build_head, knn_vote_probs
+from dlbench.models.inference import predict_logits
 from dlbench.pretrain.run import pretrain
 from dlbench.registry import UnknownNameError
 
 from .ssl_helpers import TINY_SPEC as SPEC, make_colour_dataset
 
 SIZES = {"unlabeled": 64, "train": 40, "val": 16, "test": 24}
-PROTOCOLS = ["linear", "knn", "finetune", "lpft"]
 FT = {"epochs": 1, "batch_size": 20, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False}
-TSNE_POINTS = 16
+PRE = "toy/tiny/random/none/none/none/seed0"
+FROZEN = ["linear", "knn"]
+TRAINED = ["finetune", "lpft"]
+VARIANTS = FROZEN + TRAINED
+PARAMS = {"linear": {"weight_decays": [1e-3, 1e-1], "max_iter": 200}, "knn": {"k": 1, "temperature": 0.07},
+          "finetune": {"train": FT, "augment": {}, "label_smoothing": 0.0},
+          "lpft": {"train": {**FT, "lr": 1e-9}, "augment": {}, "label_smoothing": 0.0}}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def pretrain_recipe(method: str = "random") -> dict:
-    return {"dataset": "toy", "backbone": "tiny", "backbone_spec": SPEC, "pretrain": method, "seed": 0,
-            "unlabeled_split": "unlabeled", "train_split": "train", "val_split": "val",
-            "train": {**FT, "batch_size": 16}, "views": {}, "params": {}}
+def pretrain_recipe() -> dict:
+    return {"id": PRE, "kind": "random", "variant": "random", "dataset": "toy", "backbone": "tiny",
+            "backbone_spec": SPEC, "seed": 0, "unlabeled_split": "unlabeled", "train_split": "train",
+            "val_split": "val", "train": {**FT, "batch_size": 16}, "views": {}, "params": {}, "knobs": {}}
 
 
-def adapt_recipe(**protocol_overrides) -> dict:
-    protocols = {"linear": {"weight_decays": [1e-3, 1e-1]}, "knn": {"k": 1},
-                 "finetune": {"train": FT}, "lpft": {"train": {**FT, "lr": 1e-9}}}
-    protocols.update(protocol_overrides)
-    return {"dataset": "toy", "backbone": "tiny", "pretrain": "random", "seed": 0, "train_split": "train",
-            "val_split": "val", "protocols": protocols, "tsne_points": TSNE_POINTS}
+def model_id(variant: str) -> str:
+    return f"toy/tiny/random/{variant}/none/none/seed0"
+
+
+def recipe(variant: str, **over) -> dict:
+    """The recipe dlbench.plan makes for one adapt variant of the random backbone."""
+    kind = variant
+    source = model_id("linear") if kind == "lpft" else PRE
+    return {"id": model_id(variant), "kind": kind, "variant": variant, "dataset": "toy", "seed": 0,
+            "train_split": "train", "val_split": "val", "params": PARAMS[variant], "knobs": {}, "source": source,
+            **over}
 
 
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def run_all(tmp: Path, data: Path, pre: Path, out: Path) -> dict[str, Path]:
+    """The four adapt jobs of one backbone as the DAG runs them: one frozen job, then one per trained variant."""
+    dirs = {v: out / v for v in VARIANTS}
+    quiet = {"device": "cpu", "log": lambda s: None}
+    adapt([recipe(v) for v in FROZEN], pre, data, [dirs[v] for v in FROZEN], **quiet)
+    adapt([recipe("finetune")], pre, data, [dirs["finetune"]], checkpoint_dir=out / "ckpt", **quiet)
+    adapt([recipe("lpft")], dirs["linear"], data, [dirs["lpft"]], checkpoint_dir=out / "ckpt", **quiet)
+    return dirs
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Tiny dataset, a `random` pretrained backbone, and two identical adapt runs with every protocol."""
+    """Tiny dataset, a `random` pretrained backbone, and two identical adapt runs of every variant."""
     tmp = tmp_path_factory.mktemp("adapt")
     data = make_colour_dataset(tmp / "data", SIZES)
     parent = pretrain(pretrain_recipe(), data, tmp / "pre", device="cpu")
-    runs = []
-    for run in ("a", "b"):
-        dirs = {p: str(tmp / run / p) for p in PROTOCOLS}
-        results = adapt(adapt_recipe(), tmp / "pre", data, dirs, tsne_out=tmp / run / "tsne.parquet", device="cpu",
-                        log=lambda s: None)
-        runs.append((dirs, results, tmp / run / "tsne.parquet"))
+    runs = [run_all(tmp, data, tmp / "pre", tmp / run) for run in ("a", "b")]
     return {"tmp": tmp, "data": data, "pre": tmp / "pre", "parent": parent, "runs": runs}
 
 
@@ -103,19 +121,20 @@ def test_knn_vote_probs_chunks_and_empty():
 
 
 def test_knn_head_round_trip(tmp_path):
+    from dlbench.cards import model_section
+
     torch.manual_seed(0)
-    backbone = build_backbone(SPEC)
+    backbone = build_backbone(SPEC, (16, 16))
     g = torch.Generator().manual_seed(1)
     feats, labels = torch.randn(20, backbone.num_features, generator=g), torch.arange(20) % 4
     head = KNNHead.from_features(feats, labels, 4, k=3, temperature=0.1)
     assert head.spec() == {"kind": "knn", "k": 3, "temperature": 0.1, "bank_size": 20}
     torch.testing.assert_close(head.bank.norm(dim=1), torch.ones(20))
     model = Classifier(backbone, 4, head).eval()
-    meta = {"model_id": "toy/knn", "backbone_spec": SPEC, "num_classes": 4, "head": head.spec(), "input_size": [16, 16]}
-    save_model(tmp_path / "m", model, meta)
+    save_model(tmp_path / "m", model, {"id": "toy/knn", "model": model_section(model, list("abcd"))})
     loaded, loaded_meta = load_model(tmp_path / "m")
     assert isinstance(loaded.head, KNNHead) and loaded.head.k == 3 and loaded.head.temperature == 0.1
-    assert loaded_meta["head"]["kind"] == "knn"
+    assert loaded_meta["model"]["head"]["kind"] == "knn"
     x = torch.rand(6, 3, 16, 16, generator=g)
     with torch.no_grad():
         expected, got = model(x), loaded(x)
@@ -132,7 +151,7 @@ def test_build_head_kinds():
     assert isinstance(build_head({"kind": "linear"}, 8, 3), torch.nn.Linear)
     knn = build_head({"kind": "knn", "k": 5, "temperature": 0.2, "bank_size": 11}, 8, 3)
     assert isinstance(knn, KNNHead) and knn.bank.shape == (11, 8) and knn.k == 5
-    with pytest.raises(ValueError, match="unknown head kind 'svm'"):
+    with pytest.raises(UnknownNameError, match="unknown head kind 'svm'"):
         build_head({"kind": "svm"}, 8, 3)
 
 
@@ -216,62 +235,53 @@ def test_fit_logistic_folding_matches_sklearn_on_standardised_features():
         torch.testing.assert_close(fit_logistic(x2, y, 3, wd)(x2), layer(x), atol=1e-4, rtol=1e-4)
 
 
-# ---- protocol order -----------------------------------------------------------------------------
-
-def test_run_order():
-    assert run_order(["lpft"]) == ["linear", "lpft"]
-    assert run_order(["lpft", "linear"]) == ["linear", "lpft"]
-    assert run_order(["knn", "lpft", "finetune"]) == ["knn", "linear", "lpft", "finetune"]
-    assert run_order(["finetune", "knn", "linear"]) == ["finetune", "knn", "linear"]
-    assert run_order(["linear", "lpft", "knn"]) == ["linear", "lpft", "knn"]
-    assert run_order([]) == []
-    with pytest.raises(UnknownNameError, match="unknown adapt protocol 'prompt'"):
-        run_order(["prompt"])
-
-
 # ---- adapt end to end ---------------------------------------------------------------------------
 
-def test_adapt_writes_one_loadable_model_per_protocol(world):
-    dirs, results, _ = world["runs"][0]
+def test_adapt_writes_one_loadable_model_per_variant(world):
+    dirs = world["runs"][0]
     parent = world["parent"]
-    assert list(results) == PROTOCOLS
     pre_backbone, _ = load_backbone(world["pre"])
-    for p in PROTOCOLS:
-        model, meta = load_model(dirs[p])
-        assert meta == json.loads(json.dumps(results[p], default=str))  # (JSON object keys are strings)
-        assert meta["parts"] == {**parent["parts"], "adapt": p}
-        assert meta["parent"] == parent["model_id"] == "toy/tiny/random/none/none/none/seed0"
-        assert meta["model_id"] == f"toy/tiny/random/{p}/none/none/seed0"
-        assert meta["num_classes"] == 4 and meta["classes"] == ["red", "green", "blue", "yellow"]
-        assert meta["backbone_spec"] == SPEC and meta["input_size"] == [16, 16]
-        assert meta["recipe"]["adapt"] == p and meta["recipe"]["params"] == adapt_recipe()["protocols"][p]
-        assert meta["adapt_seconds"] > 0
-        assert meta["train_seconds"] >= parent["train_seconds"]
-        assert meta["train_seconds"] == pytest.approx(parent["train_seconds"] + meta["adapt_seconds"])
+    for v in VARIANTS:
+        model, card = load_model(dirs[v])
+        assert card["id"] == model_id(v) and card["parts"] == {**parent["parts"], "adapt": v}
+        assert card["kind"] == v and card["stage"] == "adapt"
+        assert card["family"] == ("probe" if v in FROZEN else "finetune")
+        # lineage: LP-FT's parent is the linear probe it starts from, the others' the pretrained backbone
+        assert card["parents"] == [model_id("linear") if v == "lpft" else PRE]
+        model_sec = card["model"]
+        assert model_sec["num_classes"] == 4 and model_sec["classes"] == ["red", "green", "blue", "yellow"]
+        assert model_sec["backbone"] == SPEC and model_sec["preprocess"]["input_size"] == [16, 16]
+        assert card["recipe"] == recipe(v) and card["recipe"]["params"] == PARAMS[v]
+        assert card["train_seconds"] > 0
+        parent_total = (load_model(dirs["linear"])[1] if v == "lpft" else parent)["total_train_seconds"]
+        assert card["total_train_seconds"] == pytest.approx(parent_total + card["train_seconds"])
         frozen = state_equal(model.backbone.state_dict(), pre_backbone.state_dict())
-        assert frozen == (p in ("linear", "knn")), p  # frozen protocols keep the pretrained weights exactly
-        assert (Path(dirs[p]) / "history.json").exists() == (p in ("finetune", "lpft"))
-    assert results["knn"]["head"] == {"kind": "knn", "k": 1, "temperature": 0.07, "bank_size": SIZES["train"]}
-    assert results["linear"]["head"] == {"kind": "linear"}
-    info = results["linear"]["adapt_info"]
-    assert set(info["val_acc_by_weight_decay"]) == {1e-3, 1e-1}
+        assert frozen == (v in FROZEN), v  # frozen variants keep the pretrained weights exactly
+        assert (Path(dirs[v]) / "history.json").exists() == (v in TRAINED)
+    cards = {v: load_model(dirs[v])[1] for v in VARIANTS}
+    assert cards["knn"]["model"]["head"] == {"kind": "knn", "k": 1, "temperature": 0.07, "bank_size": SIZES["train"]}
+    assert cards["linear"]["model"]["head"] == {"kind": "linear"}
+    assert cards["knn"]["trainable_params"] == 0 and cards["linear"]["trainable_params"] == 64 * 4 + 4
+    assert cards["finetune"]["trainable_params"] == sum(p.numel() for p in load_model(dirs["finetune"])[0].parameters())
+    info = cards["linear"]["info"]
+    assert set(info["val_acc_by_weight_decay"]) == {"0.001", "0.1"}  # JSON object keys are strings
     best = max(info["val_acc_by_weight_decay"].values())
-    assert info["val_acc_by_weight_decay"][info["weight_decay"]] == best
+    assert info["val_acc_by_weight_decay"][str(info["weight_decay"])] == best
     if all(v == best for v in info["val_acc_by_weight_decay"].values()):
         assert info["weight_decay"] == 1e-1  # ties: the stronger regularisation
 
 
 def test_adapted_models_classify(world):
-    dirs, results, _ = world["runs"][0]
+    dirs = world["runs"][0]
     data = world["data"]
     train_x, train_y, _ = load_tensors(data, "toy", "train")
     val_x, val_y, _ = load_tensors(data, "toy", "val")
     test_x, test_y, _ = load_tensors(data, "toy", "test")
     knn, _ = load_model(dirs["knn"])
     assert float((predict_logits(knn, train_x).argmax(1) == train_y).float().mean()) == 1.0  # k=1: itself
-    linear, meta = load_model(dirs["linear"])
+    linear, card = load_model(dirs["linear"])
     val_acc = float((predict_logits(linear, val_x).argmax(1) == val_y).float().mean())
-    info = meta["adapt_info"]
+    info = card["info"]
     assert val_acc == info["val_acc_by_weight_decay"][str(info["weight_decay"])]
     # colour classes: even random features separate them
     assert float((predict_logits(linear, test_x).argmax(1) == test_y).float().mean()) >= 0.9
@@ -280,7 +290,7 @@ def test_adapted_models_classify(world):
 
 
 def test_lpft_starts_from_the_linear_head(world):
-    dirs, _, _ = world["runs"][0]
+    dirs = world["runs"][0]
     linear, _ = load_model(dirs["linear"])
     lpft, _ = load_model(dirs["lpft"])
     finetune, _ = load_model(dirs["finetune"])
@@ -291,41 +301,27 @@ def test_lpft_starts_from_the_linear_head(world):
     assert (finetune.head.weight - linear.head.weight).abs().max() > 1e-2
 
 
-def test_adapt_tsne(world):
-    _, _, tsne = world["runs"][0]
-    df = pd.read_parquet(tsne)
-    assert list(df.columns) == ["x", "y", "label", "stage"]
-    assert df["x"].dtype == np.float32 and df["label"].dtype == np.int64
-    assert np.isfinite(df[["x", "y"]].to_numpy()).all()
-    assert sorted(df["stage"].unique()) == ["finetuned", "pretrained"]
-    _, test_y, _ = load_tensors(world["data"], "toy", "test")
-    expected = test_y[balanced_subset(test_y, TSNE_POINTS)].numpy()
-    for stage, frame in df.groupby("stage"):
-        assert len(frame) == TSNE_POINTS
-        assert np.array_equal(frame["label"].to_numpy(), expected)
-        assert np.array_equal(np.bincount(frame["label"], minlength=4), [TSNE_POINTS // 4] * 4)
-
-
 def test_adapt_is_deterministic(world):
-    (dirs_a, res_a, _), (dirs_b, res_b, _) = world["runs"]
-    for p in PROTOCOLS:
-        assert (Path(dirs_a[p]) / WEIGHTS).read_bytes() == (Path(dirs_b[p]) / WEIGHTS).read_bytes(), p
-        assert res_a[p]["model_id"] == res_b[p]["model_id"]
+    dirs_a, dirs_b = world["runs"]
+    for v in VARIANTS:
+        assert (Path(dirs_a[v]) / WEIGHTS).read_bytes() == (Path(dirs_b[v]) / WEIGHTS).read_bytes(), v
 
 
-def test_adapt_lpft_alone_runs_linear_without_saving_it(world, tmp_path):
-    out = {"lpft": str(tmp_path / "lpft")}
-    results = adapt(adapt_recipe(), world["pre"], world["data"], out, device="cpu", log=lambda s: None)
-    assert list(results) == ["lpft"] and sorted(p.name for p in tmp_path.iterdir()) == ["lpft"]
-    dirs, _, _ = world["runs"][0]
-    assert (tmp_path / "lpft" / WEIGHTS).read_bytes() == (Path(dirs["lpft"]) / WEIGHTS).read_bytes()
+def test_a_frozen_variant_alone_equals_it_in_the_shared_job(world, tmp_path):
+    """The frozen job shares one feature pass; each variant's model is the same as when it runs alone."""
+    adapt([recipe("knn")], world["pre"], world["data"], [tmp_path / "knn"], device="cpu", log=lambda s: None)
+    assert (tmp_path / "knn" / WEIGHTS).read_bytes() == (world["runs"][0]["knn"] / WEIGHTS).read_bytes()
+
+
+def test_lpft_needs_its_linear_model(world, tmp_path):
+    with pytest.raises(CheckpointError, match="pretrained backbone without a classifier head"):
+        adapt([recipe("lpft")], world["pre"], world["data"], [tmp_path / "lpft"], device="cpu", log=lambda s: None)
 
 
 def test_adapt_without_val_split_holds_out_part_of_train(world, tmp_path):
-    recipe = {**adapt_recipe(), "val_split": None}
-    results = adapt(recipe, world["pre"], world["data"], {"knn": str(tmp_path / "knn")}, device="cpu",
-                    log=lambda s: None)
-    assert results["knn"]["head"]["bank_size"] == SIZES["train"] - 4  # 10% of 40, one per class
+    cards = adapt([recipe("knn", val_split=None)], world["pre"], world["data"], [tmp_path / "knn"], device="cpu",
+                  log=lambda s: None)
+    assert cards[0]["model"]["head"]["bank_size"] == SIZES["train"] - 4  # 10% of 40, one per class
 
 
 # ---- evaluation of adapted models ---------------------------------------------------------------
@@ -348,23 +344,29 @@ def test_evalsplit_parse_rejects_non_positive_max_images(text):
         EvalSplit.parse(text)
 
 
-def test_evaluate_models_equals_evaluate_model(world, tmp_path):
-    dirs, _, _ = world["runs"][0]
+def jobs_for(dirs: dict, names: list[str], out: Path, embeddings: bool = True) -> list[EvalJob]:
+    return [EvalJob(dirs[m], out / f"{m}.parquet", out / f"{m}.json", out / f"{m}.emb.parquet" if embeddings else None)
+            for m in names]
+
+
+def test_evaluate_models_together_equals_alone(world, tmp_path):
+    dirs = world["runs"][0]
     data = world["data"]
     splits = [EvalSplit.parse(s) for s in ["test=toy:test", "val=toy:val",
                                            "test.gaussian_noise-3=toy:test:gaussian_noise:3:8",
                                            "test.contrast-5=toy:test:contrast:5:1000"]]
     models = ["linear", "knn"]
-    joint = evaluate_models([(dirs[m], tmp_path / f"joint_{m}.parquet", tmp_path / f"joint_{m}.json") for m in models],
-                            splits, data, device="cpu")
-    alone = [evaluate_model(dirs[m], splits, data, tmp_path / f"alone_{m}.parquet", tmp_path / f"alone_{m}.json",
-                            device="cpu") for m in models]
+    kw = {"device": "cpu", "embedding_split": "toy:test", "embedding_points": 8, "latency_repeats": 3}
+    joint = evaluate_models(jobs_for(dirs, models, tmp_path / "joint"), splits, data, **kw)
+    alone = [evaluate_models(jobs_for(dirs, [m], tmp_path / "alone"), splits, data, **kw)[0] for m in models]
     for m, cj, ca in zip(models, joint, alone):
-        tj, ta = pq.read_table(tmp_path / f"joint_{m}.parquet"), pq.read_table(tmp_path / f"alone_{m}.parquet")
+        tj, ta = pq.read_table(tmp_path / "joint" / f"{m}.parquet"), pq.read_table(tmp_path / "alone" / f"{m}.parquet")
         assert tj.equals(ta) and tj.schema.metadata == ta.schema.metadata
         assert {k: v for k, v in cj.items() if k != "latency_ms"} == {k: v for k, v in ca.items() if k != "latency_ms"}
-    assert joint[1]["size_bytes"] > joint[0]["size_bytes"]  # the kNN bank (40 x 64 floats) is stored
-    got = read_logits(tmp_path / "joint_knn.parquet")
+        assert cj["latency_device"] == "cpu" and cj["latency_ms"] > 0
+    assert joint[1]["size_bytes"] > joint[0]["size_bytes"]  # the kNN bank (40 x 64 floats) is stored ...
+    assert joint[1]["params"] == joint[0]["params"] - (64 * 4 + 4) + SIZES["train"] * 64 + SIZES["train"]  # ... counted
+    got = read_logits(tmp_path / "joint" / "knn.parquet")
     assert sorted(got) == sorted(s.name for s in splits)
     _, test_y, _ = load_tensors(data, "toy", "test")
     logits, labels, tags = got["test.gaussian_noise-3"]
@@ -381,9 +383,42 @@ def test_evaluate_models_equals_evaluate_model(world, tmp_path):
     np.testing.assert_allclose(got["test"][0], predict_logits(knn, test_x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_cached_corruptions_equal_computed_ones(world, tmp_path):
+    """Rule corruptions computes each (corruption, severity) once; evaluating from the cache gives the
+    same logits as corrupting inside the evaluate job."""
+    dirs, data = world["runs"][0], world["data"]
+    write_corrupted(data, "toy", "test", ["gaussian_noise", "contrast"], [3, 5], tmp_path / "corrupted" / "toy",
+                    max_images=8, log=lambda s: None)
+    splits = [EvalSplit.parse(s) for s in ["test.gaussian_noise-3=toy:test:gaussian_noise:3:8",
+                                           "test.contrast-5=toy:test:contrast:5:8"]]
+    kw = {"device": "cpu", "latency_repeats": 1}
+    evaluate_models(jobs_for(dirs, ["knn"], tmp_path / "fly", False), splits, data, **kw)
+    evaluate_models(jobs_for(dirs, ["knn"], tmp_path / "cache", False), splits, data,
+                    corrupted_root=tmp_path / "corrupted", **kw)
+    assert pq.read_table(tmp_path / "fly" / "knn.parquet").equals(pq.read_table(tmp_path / "cache" / "knn.parquet"))
+    meta = json.loads((tmp_path / "corrupted" / "toy" / "meta.json").read_text())
+    assert meta["splits"]["test.contrast-5"] == {"n": 8, "shift": "corruption", "corruption": "contrast",
+                                                  "severity": 5, "source_split": "test", "labeled": True}
+
+
+def test_evaluation_caches_class_balanced_embeddings(world, tmp_path):
+    dirs, data = world["runs"][0], world["data"]
+    evaluate_models(jobs_for(dirs, ["finetune"], tmp_path), [EvalSplit.parse("test=toy:test")], data, device="cpu",
+                    embedding_split="toy:test", embedding_points=12, latency_repeats=1)
+    feats, labels, classes = read_embeddings(tmp_path / "finetune.emb.parquet")
+    _, test_y, _ = load_tensors(data, "toy", "test")
+    test_x = load_tensors(data, "toy", "test")[0]
+    keep = balanced_subset(test_y, 12)
+    assert np.array_equal(labels, test_y[keep].numpy()) and np.bincount(labels).tolist() == [3, 3, 3, 3]
+    assert classes == [["red", "green", "blue", "yellow"][y] for y in labels]
+    model, _ = load_model(dirs["finetune"])
+    from dlbench.models.inference import embed
+
+    np.testing.assert_allclose(feats, embed(model.backbone, test_x[keep]).numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_evaluate_models_rejects_duplicate_split_names(world, tmp_path):
-    dirs, _, _ = world["runs"][0]
+    dirs = world["runs"][0]
     splits = [EvalSplit.parse("a=toy:test"), EvalSplit.parse("a=toy:val")]
     with pytest.raises(ValueError, match="duplicate eval split names"):
-        evaluate_models([(dirs["linear"], tmp_path / "l.parquet", tmp_path / "l.json")], splits, world["data"],
-                        device="cpu")
+        evaluate_models(jobs_for(dirs, ["linear"], tmp_path), splits, world["data"], device="cpu")

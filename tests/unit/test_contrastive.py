@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlbench.models.backbones import build_backbone
 from dlbench.pretrain.base import PretrainSetup
-from dlbench.pretrain.contrastive import DeepCluster, MoCoV2, SwAV, kmeans, pca_whiten
+from dlbench.pretrain.contrastive import DeepCluster, MoCoV2, SwAV
+from dlbench.pretrain.kmeans import kmeans, pca_whiten
 from dlbench.pretrain.views import ViewConfig, make_views
 
-from .ssl_helpers import (BATCH, N_IMAGES, SMALL_PARAMS as SMALL, TINY_SPEC as SPEC, first_batch as batch, loss_of,
-                          make, sgd_step)
+from .ssl_helpers import (BATCH, N_IMAGES, SMALL_PARAMS as SMALL, TINY_SPEC as SPEC, as_batch, first_batch as batch,
+                          loss_of, make, sgd_step, tiny_backbone)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,9 +28,9 @@ def test_simclr_loss_is_nt_xent_of_the_projected_views():
     from dlbench.pretrain.losses import nt_xent
 
     m = make("simclr")
-    x, labels = batch(m)
-    loss, _ = m.training_loss(x, labels, torch.Generator().manual_seed(0))
-    v1, v2 = make_views(x, m.setup.views, torch.Generator().manual_seed(0))
+    b = batch(m)
+    loss, _ = m.training_loss(b, torch.Generator().manual_seed(0))
+    v1, v2 = make_views(b.images, m.setup.views, torch.Generator().manual_seed(0))
     z1, z2 = m.projector(m.encode(torch.cat([v1, v2]))).chunk(2)
     torch.testing.assert_close(loss, nt_xent(z1, z2, temperature=0.5))
 
@@ -43,7 +43,7 @@ def test_moco_queue_receives_the_normalised_keys_and_pointer_advances():
     assert isinstance(m, MoCoV2)
     queue0 = m.state.queue.clone()
     torch.testing.assert_close(queue0.norm(dim=1), torch.ones(64))  # seeded random unit keys
-    x, labels = batch(m)
+    x = batch(m).images
     with torch.no_grad():  # the keys the step must enqueue: the (pre-update) key encoder on view 2
         v_k = make_views(x, m.setup.views, torch.Generator().manual_seed(0))[1]
         expected = F.normalize(m.key_encoder(v_k).float(), dim=1)
@@ -69,8 +69,9 @@ def test_moco_shuffled_bn_chunks_keep_keys_aligned_with_their_images():
     m = make("moco_v2", params={**SMALL["moco_v2"], "shuffle_bn_splits": 2})
     assert m._splits(BATCH) == 2
     m.model.eval()
-    x, labels = batch(m)
-    m.training_loss(x, labels, torch.Generator().manual_seed(0))
+    b = batch(m)
+    m.training_loss(b, torch.Generator().manual_seed(0))
+    x = b.images
     with torch.no_grad():
         v_k = make_views(x, m.setup.views, torch.Generator().manual_seed(0))[1]
         expected = F.normalize(m.key_encoder(v_k).float(), dim=1)
@@ -120,7 +121,7 @@ def test_swav_prototypes_frozen_for_the_first_steps():
 def test_swav_multicrop_uses_two_global_and_two_small_local_views():
     m = make("swav")
     assert m.views.local_crops == 2 and m.views.local_size == 16
-    views = make_views(batch(m)[0], m.views, torch.Generator().manual_seed(0))
+    views = make_views(batch(m).images, m.views, torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in views] == [32, 32, 16, 16]
 
 
@@ -166,8 +167,8 @@ def test_pca_whiten_gives_unit_variance_decorrelated_axes():
 
 
 def test_deepcluster_pseudo_labels_buffer_balanced_weights_and_head_reset():
-    m = make("deepcluster")
-    assert isinstance(m, DeepCluster) and m.wants_indices
+    m = make("deepcluster")  # before_epoch(0) already ran, as the engine runs it before the first step
+    assert isinstance(m, DeepCluster)
     labels = m.clusters.pseudo_labels
     assert labels.shape == (N_IMAGES,) and int(labels.min()) >= 0 and int(labels.max()) < 8
     state = m.model.state_dict()
@@ -193,15 +194,36 @@ def test_deepcluster_pseudo_labels_buffer_balanced_weights_and_head_reset():
 
 
 def test_deepcluster_trains_on_the_pseudo_labels_of_the_batch_rows():
+    """The targets are looked up by ``batch.indices`` (the rows of the images in the training set)."""
     m = make("deepcluster")
-    x = m.setup.images.permute(0, 3, 1, 2).float().div(255)
+    images = m.setup.images
     rows = torch.tensor([5, 40, 7, 63, 0, 22, 31, 12])
-    loss, _ = m.training_loss(x[rows], rows, torch.Generator().manual_seed(0))
+    loss, _ = m.training_loss(as_batch(images[rows], rows), torch.Generator().manual_seed(0))
     m.clusters.pseudo_labels.copy_(torch.roll(m.clusters.pseudo_labels, 1))  # other targets -> other loss
-    loss2, _ = m.training_loss(x[rows], rows, torch.Generator().manual_seed(0))
+    loss2, _ = m.training_loss(as_batch(images[rows], rows), torch.Generator().manual_seed(0))
     assert not torch.equal(loss, loss2)
-    with pytest.raises(RuntimeError, match="row indices"):
-        m.training_loss(x[:4], torch.full((4,), -1), torch.Generator())
+    # the same images under other row indices are other targets too: the rows, not the pixels, pick them
+    m.clusters.pseudo_labels.copy_(torch.arange(N_IMAGES) % 8)
+    a, _ = m.training_loss(as_batch(images[rows], rows), torch.Generator().manual_seed(0))
+    b, _ = m.training_loss(as_batch(images[rows], (rows + 1) % N_IMAGES), torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b)
+    fresh = make("deepcluster", prepare=False)  # no before_epoch yet: no pseudo-labels to train on
+    with pytest.raises(RuntimeError, match="no pseudo-labels yet"):
+        fresh.training_loss(as_batch(images[:4]), torch.Generator())
     with pytest.raises(ValueError, match="needs setup.images"):
-        DeepCluster(PretrainSetup(backbone=build_backbone(SPEC), backbone_spec=SPEC, params={},
+        DeepCluster(PretrainSetup(backbone=tiny_backbone(SPEC), backbone_spec=SPEC, params={},
                                   views=ViewConfig(), input_size=(32, 32)))
+    with pytest.raises(ValueError, match=r"num_clusters=65 must be in \[2, 64\]"):
+        make("deepcluster", params={"num_clusters": 65})
+
+
+def test_deepcluster_features_are_the_backbones_batched_embedding():
+    """The features it clusters come from the one batched-inference path: eval mode, at the backbone's size."""
+    from dlbench.models.inference import embed
+
+    m = make("deepcluster", params={**SMALL["deepcluster"], "feature_batch": 24})
+    m.model.train()
+    feats = m.features()
+    assert m.backbone.training  # the mode is restored after embedding
+    assert feats.shape == (N_IMAGES, m.feature_dim) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats, embed(m.backbone, m.setup.images, batch_size=7))

@@ -237,21 +237,137 @@ def test_motion_blur_kernel_is_imagemagick_line() -> None:
     assert torch.allclose(out[0], right, atol=1e-5) and torch.allclose(out[1], down, atol=1e-5)
 
 
-def test_glass_blur_follows_reference_swap_loop() -> None:
-    """Severity 1 (sigma 0.05 -> identity filter) is exactly the reference's sequential swaps."""
+def reference_glass_loop(img: np.ndarray, d: np.ndarray, delta: int) -> np.ndarray:
+    """make_cifar_c.py's glass-blur pixel loop as written (32 -> the array's size), on one H x W x C array.
+
+    ``d``: iterations x steps x 2 displacements ``(dx, dy)``, in place of ``np.random.randint``.
+    """
+    x = img.copy()
+    height, width = x.shape[:2]
+    for i in range(d.shape[0]):
+        k = 0
+        for h in range(height - delta, delta, -1):
+            for w in range(width - delta, delta, -1):
+                dx, dy = d[i, k]
+                k += 1
+                h_prime, w_prime = h + dy, w + dx
+                x[h, w], x[h_prime, w_prime] = x[h_prime, w_prime], x[h, w]  # views: copies, not swaps
+    return x
+
+
+def true_swap_loop(img: np.ndarray, d: np.ndarray, delta: int) -> np.ndarray:
+    """What the reference line seems to intend (and this suite did before): a real swap."""
+    x = img.copy()
+    height, width = x.shape[:2]
+    for i in range(d.shape[0]):
+        k = 0
+        for h in range(height - delta, delta, -1):
+            for w in range(width - delta, delta, -1):
+                dx, dy = d[i, k]
+                k += 1
+                x[[h, h + dy], [w, w + dx]] = x[[h + dy, h], [w + dx, w]]
+    return x
+
+
+def grid_image(h: int, w: int) -> np.ndarray:
+    """H x W x 3 with pixel value ``w * row + col`` in channel 0 (+100, +200 in channels 1, 2)."""
+    base = np.arange(h * w).reshape(h, w, 1)
+    return (base + np.array([0, 100, 200])).astype(np.int64)
+
+
+def shuffle_one(img: np.ndarray, moves: list[list[tuple[int, int]]], delta: int) -> np.ndarray:
+    """``C._glass_shuffle`` on one H x W x 3 image with displacements ``moves[pass][step] = (dx, dy)``."""
+    d = np.array(moves, dtype=np.int64)[..., None]  # iterations x steps x 2 x 1 image
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+    return C._glass_shuffle(x, d, delta)[0].permute(1, 2, 0).numpy()
+
+
+def test_numpy_tuple_assign_of_views_copies() -> None:
+    """numpy issue 14428: the right-hand side holds views, so the "swap" copies one pixel into the other."""
+    x = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)  # two RGB pixels, uint8 as in the reference
+    x[0, 0], x[0, 1] = x[0, 1], x[0, 0]
+    assert x.tolist() == [[[3, 4, 5], [3, 4, 5]]]  # pixel 0 took pixel 1; pixel 1 is unchanged
+    s = np.arange(2, dtype=np.uint8).reshape(1, 2)  # scalar elements are copies, so there it does swap
+    s[0, 0], s[0, 1] = s[0, 1], s[0, 0]
+    assert s.tolist() == [[1, 0]]
+
+
+def test_glass_shuffle_hand_case_delta1() -> None:
+    """4x4, delta 1: pixels (3,3), (3,2), (2,3), (2,2) each take their neighbour's value; nothing travels further."""
+    img = grid_image(4, 4)
+    moves = [[(-1, -1), (-1, 0), (0, -1), (-1, -1)]]  # (dx, dy) for (3,3), (3,2), (2,3), (2,2)
+    expected = [[0, 1, 2, 3],
+                [4, 5, 6, 7],
+                [8, 9, 5, 7],  # (2,2) <- (1,1); (2,3) <- (1,3)
+                [12, 13, 13, 10]]  # (3,2) <- (3,1); (3,3) <- (2,2) before (2,2) was overwritten
+    out = shuffle_one(img, moves, 1)
+    assert out[..., 0].tolist() == expected
+    assert np.array_equal(out[..., 1:], out[..., :1] + np.array([100, 200]))  # channels move together
+    d = np.array(moves)
+    assert np.array_equal(reference_glass_loop(img, d, 1), out)
+    swapped = [[0, 1, 2, 3], [4, 15, 6, 11], [8, 9, 5, 7], [12, 14, 13, 10]]  # a true swap carries 15 two steps
+    assert true_swap_loop(img, d, 1)[..., 0].tolist() == swapped
+
+
+def test_glass_shuffle_hand_case_delta2_reads_processed_pixels() -> None:
+    """6x6, delta 2: displacements that point down/right read pixels this pass already overwrote."""
+    img = grid_image(6, 6)
+    moves = [[(-1, 0), (-2, -2), (0, 1), (1, 0)]]  # (dx, dy) for (4,4), (4,3), (3,4), (3,3)
+    expected = img[..., 0].copy()
+    expected[4, 4] = 27  # <- (4,3), still the original
+    expected[4, 3] = 13  # <- (2,1)
+    expected[3, 4] = 27  # <- (4,4), which already holds 27
+    expected[3, 3] = 27  # <- (3,4), which already holds 27
+    out = shuffle_one(img, moves, 2)
+    assert out[..., 0].tolist() == expected.tolist()
+    assert np.array_equal(reference_glass_loop(img, np.array(moves), 2), out)
+
+
+@pytest.mark.parametrize(("delta", "iterations", "h", "w"), [(1, 1, 8, 8), (1, 2, 6, 7), (2, 2, 8, 9), (3, 1, 10, 8)])
+def test_glass_shuffle_matches_reference_loop(delta: int, iterations: int, h: int, w: int) -> None:
+    """Random displacements, several images at once: the batched index table equals the loop image by image."""
+    rng = np.random.RandomState(0)
+    n = 3
+    imgs = rng.randint(0, 256, size=(n, h, w, 3)).astype(np.uint8)
+    steps = max(h - 2 * delta, 0) * max(w - 2 * delta, 0)
+    d = rng.randint(-delta, delta, size=(iterations, steps, 2, n))
+    out = C._glass_shuffle(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), d, delta)
+    for i in range(n):
+        ref = reference_glass_loop(imgs[i], d[..., i], delta)
+        assert np.array_equal(out[i].permute(1, 2, 0).numpy(), ref)
+        assert not np.array_equal(ref, true_swap_loop(imgs[i], d[..., i], delta))
+
+
+def test_glass_blur_severity1_is_the_reference_loop() -> None:
+    """Severity 1 (sigma 0.05 -> identity filter) is exactly the reference loop with the drawn displacements."""
     x = structured(2, 10, 12).float() / 255
     out = CORRUPTIONS.get("glass_blur")(x, 1, torch.Generator().manual_seed(3))
     steps = 8 * 10  # h in 9..2, w in 11..2
-    d = torch.randint(-1, 1, (1, steps, 2, 2), generator=torch.Generator().manual_seed(3))
+    d = torch.randint(-1, 1, (1, steps, 2, 2), generator=torch.Generator().manual_seed(3)).numpy()
     for n in range(2):
-        img = x[n].permute(1, 2, 0).numpy().copy()
-        k = 0
-        for h in range(10 - 1, 1, -1):
-            for w in range(12 - 1, 1, -1):
-                dx, dy = int(d[0, k, 0, n]), int(d[0, k, 1, n])
-                k += 1
-                img[h, w], img[h + dy, w + dx] = img[h + dy, w + dx].copy(), img[h, w].copy()
-        assert np.allclose(out[n].permute(1, 2, 0).numpy(), img, atol=1e-6)
+        ref = reference_glass_loop(x[n].permute(1, 2, 0).numpy(), d[..., n], 1)
+        assert np.array_equal(out[n].permute(1, 2, 0).numpy(), ref)
+
+
+def test_quantize_truncates_like_np_uint8() -> None:
+    k = torch.arange(256, dtype=torch.float64)
+    for frac in (0.0, 0.3, 0.7, 0.99):
+        y = ((k + frac) / 255).to(torch.float32)  # exact k/255 must survive float32 error
+        assert torch.equal(C._quantize(y), k.to(torch.uint8)), frac
+    assert np.array_equal(np.uint8(((k + 0.7) / 255 * 255).numpy()), k.numpy())  # what the reference does
+    assert C._quantize(torch.tensor([-0.1, 1.2])).tolist() == [0, 255]
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.7])
+def test_corrupt_truncates_output(clean: torch.Tensor, offset: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: an output of (k + 0.7) / 255 becomes k (rounding would give k + 1), k / 255 stays k."""
+    images = clean.clamp(max=254)
+
+    def shifted(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+        return x + offset / 255
+
+    monkeypatch.setattr(CORRUPTIONS, "get", lambda name: shifted)
+    assert torch.equal(corrupt(images, "contrast", 1, seed=0, batch_size=7), images)
 
 
 def test_fog_plasma_is_normalised_and_fog_brightens_dark_images() -> None:

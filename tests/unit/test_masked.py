@@ -1,28 +1,31 @@
+"""Masked image modeling (MAE): patchify, masking, sin-cos positions, the loss, and the encoder that
+runs the backbone's own ViT on the visible patches. What every method must do is in test_ssl_methods.py."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dlbench.data.augment import normalize
-from dlbench.models.backbones import build_backbone
-from dlbench.pretrain.base import METHODS, PretrainSetup
+from dlbench.pretrain.base import PretrainSetup, load_all
 from dlbench.pretrain.masked import (MAE, mae_loss, patchify, random_masking, sincos_2d,
                                      unpatchify)
 from dlbench.pretrain.views import ViewConfig, make_view
-from dlbench.train.engine import TrainConfig, fit
+from dlbench.train.engine import TrainConfig
 
-VIT = {"timm": "vit_tiny_patch16_224",
-       "kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}}
-RESNET = {"timm": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
-          "cifar_stem": True, "stem_stride": 2}
+from .ssl_helpers import TINY_SPEC as RESNET, VIT_SPEC, float_batch, images_uint8, quiet_fit, tiny_backbone
+
+# 4 px patches (an 8 x 8 grid of 48-pixel patches): the hand-checked numbers below rely on them
+VIT = {**VIT_SPEC, "kwargs": {**VIT_SPEC["kwargs"], "patch_size": 4}}
+METHODS = load_all()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make(spec=VIT, params=None, **kwargs) -> MAE:
+def make(spec=VIT, params=None, side=32, **kwargs) -> MAE:
     torch.manual_seed(0)
     spec = {**spec, "kwargs": {**spec["kwargs"], **kwargs}}
-    setup = PretrainSetup(backbone=build_backbone(spec), backbone_spec=spec, params=params or {},
-                          views=ViewConfig(), input_size=(32, 32))
+    setup = PretrainSetup(backbone=tiny_backbone(spec, side), backbone_spec=spec, params=params or {},
+                          views=ViewConfig(), input_size=(side, side))
     return MAE(setup)
 
 
@@ -116,8 +119,8 @@ def test_loss_ignores_visible_patches(norm_pix):
 def test_encoder_embedding_matches_timm(kwargs):
     """Patch tokens + prefix tokens, before masking, are exactly what timm's own ``_pos_embed`` builds."""
     m = make(**kwargs)
-    bb = m.backbone
-    x = normalize(images(2))
+    bb = m.backbone.net  # the timm ViT inside the Backbone wrapper
+    x = m.backbone.normalize(images(2))
     tokens, grid = m._embed_patches(x)
     assert grid == (8, 8)
     ours = torch.cat(m._prefix_tokens(2, tokens.dtype) + [tokens], dim=1)
@@ -126,29 +129,31 @@ def test_encoder_embedding_matches_timm(kwargs):
     assert latent.shape == (2, bb.num_prefix_tokens + 16, 48)
     pred = m.decoder(latent, ids_restore, grid)
     assert pred.shape == (2, 64, 48)
-    loss, _ = m.training_loss(images(2), torch.full((2,), -1), torch.Generator().manual_seed(0))
+    loss, _ = m.training_loss(float_batch(images(2)), torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
     assert bb(x).shape == (2, 48)
+    assert m.backbone(images(2)).shape == (2, 48)  # the wrapper normalises [0, 1] images itself
+    torch.testing.assert_close(m.backbone(images(2)), bb(x))
 
 
 def test_dynamic_img_size_resamples_positions():
     m = make(dynamic_img_size=True)
     x = images(2, size=48)
-    loss, _ = m.training_loss(x, torch.full((2,), -1), torch.Generator().manual_seed(0))
+    loss, _ = m.training_loss(float_batch(x), torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
-    latent, _, _, grid = m.forward_encoder(normalize(x), torch.Generator().manual_seed(0))
+    latent, _, _, grid = m.forward_encoder(m.backbone.normalize(x), torch.Generator().manual_seed(0))
     assert grid == (12, 12) and latent.shape == (2, 1 + 36, 48)
 
 
 def test_deterministic_and_gradients_reach_backbone():
     m = make()
-    x, y = images(), torch.full((8,), -1)
-    loss, stats = m.training_loss(x, y, torch.Generator().manual_seed(3))
-    loss2, _ = m.training_loss(x, y, torch.Generator().manual_seed(3))
+    x = images()
+    loss, stats = m.training_loss(float_batch(x), torch.Generator().manual_seed(3))
+    loss2, _ = m.training_loss(float_batch(x), torch.Generator().manual_seed(3))
     assert torch.equal(loss, loss2) and stats == {}
     assert 0.5 < loss.item() < 5.0  # norm_pix targets have unit variance: an untrained decoder is near 1
     loss.backward()
-    bb = m.backbone
+    bb = m.backbone.net
     for name, p in [("patch_embed", bb.patch_embed.proj.weight), ("cls_token", bb.cls_token),
                     ("pos_embed", bb.pos_embed), ("norm", bb.norm.weight), ("mask_token", m.decoder.mask_token)]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -164,7 +169,6 @@ def test_overfits_fixed_batch_and_backbone_still_works():
     m = make()
     g = torch.Generator().manual_seed(0)  # smooth images: masked patches are predictable from their neighbours
     x = F.interpolate(torch.rand(8, 3, 4, 4, generator=g), size=32, mode="bilinear", align_corners=False)
-    y = torch.full((8,), -1)
     gen = torch.Generator().manual_seed(0)
     _, mask, target = m.reconstruct(make_view(x, m.view_cfg, gen), gen)  # what training_loss sees at seed 0
     predict_zero = mae_loss(torch.zeros_like(target), target, mask, True).item()  # the patch-mean guess
@@ -172,7 +176,7 @@ def test_overfits_fixed_batch_and_backbone_still_works():
     opt = torch.optim.Adam(m.model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss, _ = m.training_loss(x, y, torch.Generator().manual_seed(0))  # same view and mask each step
+        loss, _ = m.training_loss(float_batch(x), torch.Generator().manual_seed(0))  # same view and mask each step
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -181,15 +185,33 @@ def test_overfits_fixed_batch_and_backbone_still_works():
     assert losses[-1] < 0.8 * predict_zero, losses  # learnt structure, not just the mean
     m.model.eval()
     with torch.no_grad():
-        feats = m.setup.backbone(normalize(x))
+        feats = m.setup.backbone(x)  # [0, 1] images: the backbone normalises them itself
     assert feats.shape == (8, 48) and torch.isfinite(feats).all()
 
 
 def test_fit_one_epoch():
     m = make()
-    before = m.backbone.patch_embed.proj.weight.detach().clone()
+    before = m.backbone.net.patch_embed.proj.weight.detach().clone()
     data = torch.randint(0, 256, (32, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     cfg = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, checkpoint_min_seconds=0)
-    hist = fit(m, data, torch.full((32,), -1), cfg, progress=False, log=lambda s: None)
+    hist = quiet_fit(m, data, cfg)
     assert len(hist) == 1 and math.isfinite(hist[0]["train_loss"]) and hist[0]["train_loss"] > 0
-    assert not torch.equal(before, m.backbone.patch_embed.proj.weight)
+    assert not torch.equal(before, m.backbone.net.patch_embed.proj.weight)
+
+
+def test_images_of_another_size_are_resampled_to_the_fixed_vit_size():
+    """The encoder feeds ``patch_embed`` directly, so MAE resamples like ``Backbone.forward`` does
+    (before the fix, 16 px images failed in timm's strict PatchEmbed)."""
+    m = make(side=16)
+    assert m.backbone.fixed_size and m.backbone.input_size == (32, 32)
+    seen = []
+    m.backbone.net.patch_embed.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+    small = images(4, size=16)
+    loss, _ = m.training_loss(float_batch(small), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen == [(4, 3, 32, 32)]
+    pred, mask, target = m.reconstruct(small, torch.Generator().manual_seed(0))
+    assert pred.shape == target.shape == (4, 64, 48) and mask.shape == (4, 64)
+    resized = F.interpolate(small, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(target, patchify(m.backbone.normalize(resized), 4))
+    hist = quiet_fit(m, images_uint8(16, size=16), TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3))
+    assert math.isfinite(hist[0]["train_loss"])

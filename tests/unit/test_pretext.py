@@ -1,17 +1,20 @@
+"""Pretext family (rotation, jigsaw, colorization, inpainting, relative location): inputs and targets
+each task builds, its heads and losses. What every method must do is in test_ssl_methods.py."""
+
 import itertools
 
 import pytest
 import torch
 
-from dlbench.data.augment import IMAGENET_MEAN, normalize
-from dlbench.models.backbones import build_backbone
 from dlbench.pretrain import pretext
-from dlbench.pretrain.base import METHODS, PretrainSetup
+from dlbench.pretrain.base import PretrainSetup, load_all
 from dlbench.pretrain.pretext import (NEIGHBOUR_OFFSETS, chroma_classes, crop_patches, grid_positions,
                                       maximal_hamming_permutations, min_pairwise_hamming, rotate_batch)
 from dlbench.pretrain.views import ViewConfig
 
-from .ssl_helpers import TINY_SPEC as TINY
+from .ssl_helpers import TINY_SPEC as TINY, VIT_SPEC, float_batch, tiny_backbone
+
+METHODS = load_all()
 
 NAMES = ["rotation", "jigsaw", "colorization", "inpainting", "relative_location"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make(name, size=32, **params):
     torch.manual_seed(0)
-    setup = PretrainSetup(backbone=build_backbone(TINY), backbone_spec=TINY, params=params,
+    setup = PretrainSetup(backbone=tiny_backbone(TINY, size), backbone_spec=TINY, params=params,
                           views=ViewConfig(), input_size=(size, size))
     return METHODS.get(name)(setup)
 
@@ -47,14 +50,14 @@ def test_registered_finite_loss_and_grad(name):
     cls = METHODS.get(name)
     assert cls.family == "pretext" and cls.name == name and cls.__module__ == pretext.__name__
     m = make(name)
-    loss, stats = m.training_loss(images(), torch.full((8,), -1), gen())
+    loss, stats = m.training_loss(float_batch(images()), gen())
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(v.ndim == 0 and not v.requires_grad and torch.isfinite(v) for v in stats.values())
     if name in ("rotation", "jigsaw", "relative_location", "colorization"):
         assert 0.0 <= float(stats["acc"]) <= 1.0
     loss.backward()
     # stem and last stage (timm zero-inits each block's last BN: the residual convs get gradient from step 2)
-    bb = m.backbone
+    bb = m.backbone.net
     for p in (bb.conv1.weight, bb.layer4[0].downsample[0].weight, bb.layer4[0].bn2.weight):
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().sum()) > 0
     # every trainable part lives in model (the engine optimises model.parameters())
@@ -66,9 +69,9 @@ def test_registered_finite_loss_and_grad(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_bit_identical(name):
     x = images()
-    a, _ = make(name).training_loss(x, torch.full((8,), -1), gen(3))
-    b, _ = make(name).training_loss(x, torch.full((8,), -1), gen(3))
-    c, _ = make(name).training_loss(x, torch.full((8,), -1), gen(4))
+    a, _ = make(name).training_loss(float_batch(x), gen(3))
+    b, _ = make(name).training_loss(float_batch(x), gen(3))
+    c, _ = make(name).training_loss(float_batch(x), gen(4))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -80,7 +83,7 @@ def test_overfits_one_batch(name):
     opt = torch.optim.Adam([p for p in m.model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(30):
-        loss, _ = m.training_loss(x, torch.full((8,), -1), gen(7))  # same views and targets each step
+        loss, _ = m.training_loss(float_batch(x), gen(7))  # same views and targets each step
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,23 +183,24 @@ def test_jigsaw_patch_upsampling_and_tile_normalize():
     m = make("jigsaw", min_patch_size=16, tile_normalize=True)
     seen = []
     m.backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
-    loss, _ = m.training_loss(images(4), torch.full((4,), -1), gen())
+    loss, _ = m.training_loss(float_batch(images(4)), gen())
     assert torch.isfinite(loss) and seen == [torch.Size([36, 3, 16, 16])]
     with pytest.raises(ValueError, match="jigsaw"):
         make("jigsaw", tile_gap=11)
 
 
 def test_patches_resized_for_fixed_size_vit():
-    vit = {"timm": "vit_tiny_patch16_224",
-           "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2}}
     torch.manual_seed(0)
-    setup = PretrainSetup(backbone=build_backbone(vit), backbone_spec=vit, params={}, views=ViewConfig(),
+    setup = PretrainSetup(backbone=tiny_backbone(VIT_SPEC), backbone_spec=VIT_SPEC, params={}, views=ViewConfig(),
                           input_size=(32, 32))
     m = METHODS.get("relative_location")(setup)
     seen = []
+    # the 7 px patches reach the Backbone as they are (no min_patch_size upsampling for a fixed-size ViT) ...
     m.backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
-    loss, _ = m.training_loss(images(4), torch.full((4,), -1), gen())
-    assert torch.isfinite(loss) and seen == [torch.Size([8, 3, 32, 32])]
+    # ... which resizes them to the one size its network accepts
+    m.backbone.net.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    loss, _ = m.training_loss(float_batch(images(4)), gen())
+    assert torch.isfinite(loss) and seen == [torch.Size([8, 3, 7, 7]), torch.Size([8, 3, 32, 32])]
 
 
 # --------------------------------------------------------------------------- relative location
@@ -256,13 +260,16 @@ def test_grid_positions_and_crop():
 @pytest.mark.parametrize("mask", ["center", "random"])
 def test_inpainting_hides_the_square(mask):
     x = images(6)
-    inp = make("inpainting", augment=False, mask=mask).make_inputs(x, gen(2))
+    m = make("inpainting", augment=False, mask=mask)
+    inp = m.make_inputs(x, gen(2))
     hidden, masked = inp["hidden"], inp["input"]
     assert hidden.shape == (6, 1, 32, 32) and hidden.sum((1, 2, 3)).eq(16 * 16).all()
-    fill = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand_as(masked)
+    # filled with the backbone's own normalisation mean (ImageNet's for a random timm init)
+    torch.testing.assert_close(m.backbone.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    fill = m.backbone.mean.expand_as(masked)
     assert torch.equal(masked[hidden.expand_as(masked)], fill[hidden.expand_as(masked)])
     assert torch.equal(masked[~hidden.expand_as(masked)], x[~hidden.expand_as(masked)])
-    assert normalize(masked)[hidden.expand_as(masked)].abs().max() < 1e-6  # the mean: 0 for the encoder
+    assert m.backbone.normalize(masked)[hidden.expand_as(masked)].abs().max() < 1e-6  # the mean: 0 for the encoder
     if mask == "center":
         assert hidden[:, 0, 8:24, 8:24].all()
     assert torch.equal(inp["target"], torch.stack([x[i][hidden[i].expand(3, -1, -1)].view(3, 16, 16)
@@ -278,7 +285,7 @@ def test_inpainting_loss_counts_only_the_square():
     touched = x.grad.abs().sum(1, keepdim=True) > 0
     assert torch.equal(touched, inp["hidden"])
     # the value is the plain MSE over the square, in normalised pixel units
-    ref = ((pred - normalize(inp["target"].detach())) ** 2).mean()
+    ref = ((pred - m.backbone.normalize(inp["target"].detach())) ** 2).mean()
     assert torch.allclose(m.reconstruction_loss(pred, inp["target"].detach(), inp["weight"]), ref)
 
 
@@ -288,7 +295,7 @@ def test_inpainting_overlap_and_downsampled_output():
     assert inp["hidden"].sum((1, 2, 3)).eq(12 * 12).all()  # hidden core, visible 2 px border
     assert inp["target"].shape == (2, 3, 8, 8) and inp["weight"].shape == (1, 1, 8, 8)
     assert inp["weight"][0, 0, 0, 0] == 10.0 and inp["weight"][0, 0, 3, 3] == 1.0
-    loss, stats = m.training_loss(images(2), torch.full((2,), -1), gen())
+    loss, stats = m.training_loss(float_batch(images(2)), gen())
     assert torch.isfinite(loss) and "pixel_mse" in stats
     with pytest.raises(ValueError, match="mask"):
         make("inpainting", mask="diamond")

@@ -1,4 +1,5 @@
-"""The pretrain stage: collapse monitor, backbone-only model directories, determinism, labeled splits."""
+"""The pretrain stage: collapse monitor, the model card and backbone-only directory it writes (one
+kind per family, reloaded with ``load_backbone``), determinism, checkpoints, bad recipes, labeled splits."""
 
 from __future__ import annotations
 
@@ -11,25 +12,40 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dlbench.cards import trainable_count
 from dlbench.data.loader import balanced_subset, labeled_splits, load_tensors
 from dlbench.models.backbones import build_backbone
 from dlbench.models.checkpoint import WEIGHTS, load_backbone
-from dlbench.pretrain.run import embed, embedding_std, pretrain
+from dlbench.models.inference import embed
+from dlbench.pretrain.base import PretrainSetup, load_all
+from dlbench.pretrain.run import embedding_std, pretrain
+from dlbench.pretrain.views import ViewConfig
 from dlbench.registry import UnknownNameError
 
-from .ssl_helpers import TINY_SPEC as SPEC, make_colour_dataset
+from .ssl_helpers import SMALL_PARAMS, TINY_SPEC as SPEC, make_colour_dataset, spec_for
 
+METHODS = load_all()
 SIZES = {"unlabeled": 64, "train": 40, "val": 16}
+SIDE = 16  # make_colour_dataset's images: the ResNet trains at 16 px, the fixed-size ViT resamples them to 32
+CLASSES = ["red", "green", "blue", "yellow"]
 TRAIN = {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "amp": False,
          "checkpoint_min_seconds": 0}
-SMALL_SIMCLR = {"proj_hidden": 32, "proj_dim": 16}
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # a random timm init's statistics
+# one kind per family, from the registry (a new family is covered automatically)
+PER_FAMILY = sorted({METHODS.get(n).family: n for n in reversed(METHODS.names())}.values())
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def recipe(method: str, **over) -> dict:
-    r = {"dataset": "toy", "backbone": "tiny", "backbone_spec": SPEC, "pretrain": method, "seed": 0,
+def recipe(kind: str, seed: int = 0, **over) -> dict:
+    """A plan-style recipe for ``kind`` (the tiny ResNet, or the tiny ViT for ViT-only kinds), small heads."""
+    known = kind in METHODS
+    spec = spec_for(kind) if known else SPEC
+    trains = known and METHODS.get(kind).trains
+    r = {"id": f"toy/tiny/{kind}/none/none/none/seed{seed}", "kind": kind, "variant": kind, "dataset": "toy",
+         "backbone": "vit" if spec is not SPEC else "tiny", "backbone_spec": spec, "seed": seed,
          "unlabeled_split": "unlabeled", "train_split": "train", "val_split": "val", "train": dict(TRAIN),
-         "views": {}, "params": dict(SMALL_SIMCLR) if method == "simclr" else {}}
+         "views": {}, "params": dict(SMALL_PARAMS.get(kind, {})),
+         "knobs": {"epochs": TRAIN["epochs"], "lr": TRAIN["lr"]} if trains else {}}
     r.update(over)
     return r
 
@@ -37,6 +53,11 @@ def recipe(method: str, **over) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_colour_dataset(tmp_path_factory.mktemp("pretrain") / "data", SIZES)
+
+
+def seeded_init(spec: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_backbone(spec, (SIDE, SIDE)).state_dict()
 
 
 # ---- collapse monitor ---------------------------------------------------------------------------
@@ -79,32 +100,81 @@ def test_embedding_std_half_collapsed():
     assert std_norm == pytest.approx(expected * math.sqrt(d), rel=1e-6)
 
 
+# ---- one kind per family: the card, the weights, load_backbone ------------------------------------
+
+def test_one_kind_per_family():
+    assert {METHODS.get(k).family for k in PER_FAMILY} == {METHODS.get(n).family for n in METHODS.names()}
+    assert len(PER_FAMILY) == 5 and "random" in PER_FAMILY and "mae" in PER_FAMILY
+
+
+@pytest.mark.parametrize("kind", PER_FAMILY)
+def test_pretrain_writes_card_and_reloadable_backbone(kind, data, tmp_path):
+    cls = METHODS.get(kind)
+    r = recipe(kind)
+    out, ckpt = tmp_path / "m", tmp_path / "ckpt.pt"
+    card = pretrain(r, data, out, checkpoint_path=ckpt, device="cpu")
+    assert not ckpt.exists()
+    assert json.loads((out / "model.json").read_text()) == json.loads(json.dumps(card))
+    # lineage and sweep record
+    assert card["id"] == r["id"] and card["parts"] == {"dataset": "toy", "backbone": "tiny", "pretrain": kind,
+                                                       "adapt": "none", "ensemble": "none", "compress": "none",
+                                                       "seed": 0}
+    assert (card["kind"], card["family"], card["stage"]) == (kind, cls.family, "pretrain")
+    assert card["parents"] == [] and card["knobs"] == r["knobs"] and card["recipe"] == r and card["seed"] == 0
+    assert card["knobs"] == ({"epochs": 1, "lr": 1e-3} if cls.trains else {})
+    assert {"data_hash", "versions", "created"} <= set(card) and card["info"] == {}
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == ([1] if cls.trains else [0])
+    assert card["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history))
+    assert card["total_train_seconds"] == card["train_seconds"]  # no parents
+    # trainable_params: what the stage optimised (backbone + the method's heads; nothing for the baseline)
+    if cls.trains:
+        images, _, _ = load_tensors(data, "toy", "unlabeled")
+        torch.manual_seed(0)
+        spec = r["backbone_spec"]
+        setup = PretrainSetup(backbone=build_backbone(spec, (SIDE, SIDE)), backbone_spec=spec, params=r["params"],
+                              views=ViewConfig(), input_size=(SIDE, SIDE), images=images)
+        method = cls(setup)
+        assert card["trainable_params"] == trainable_count(method.model) > trainable_count(method.backbone)
+        assert math.isfinite(history[0]["train_loss"])
+    else:
+        assert card["trainable_params"] == 0 and card["train_seconds"] == 0.0
+    # the rebuild record: a headless backbone with its own preprocessing
+    vit = METHODS.get(kind).requires == "vit"
+    model = card["model"]
+    assert model["backbone"] == r["backbone_spec"] and model["head"] is None and model["num_classes"] == 0
+    assert model["classes"] == CLASSES and model["transforms"] == []
+    assert model["feature_dim"] == (48 if vit else 64)
+    pre = model["preprocess"]
+    assert pre["mean"] == pytest.approx(IMAGENET[0]) and pre["std"] == pytest.approx(IMAGENET[1])
+    assert pre["input_size"] == ([32, 32] if vit else [SIDE, SIDE]) and pre["fixed_size"] is vit
+    # the weights: the Backbone module's (net.*), no head; load_backbone reloads exactly them
+    weights = load_file(str(out / WEIGHTS))
+    assert weights and all(k.startswith("net.") for k in weights)
+    backbone, loaded_card = load_backbone(out)
+    assert loaded_card == json.loads(json.dumps(card))
+    state = backbone.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert backbone.input_size == tuple(pre["input_size"]) and backbone.fixed_size is vit
+    assert backbone.num_features == model["feature_dim"]
+    init = seeded_init(r["backbone_spec"])
+    assert init.keys() == state.keys()
+    same_as_init = all(torch.equal(state[k], init[k]) for k in init)
+    assert same_as_init is (not cls.trains)  # the baseline saves the seeded initial weights; others train them
+    # the monitor's last numbers are those of the saved (final) backbone
+    val_x, _, _ = load_tensors(data, "toy", "val")
+    std, std_norm = embedding_std(embed(backbone, val_x))
+    assert history[-1]["val_emb_std"] == pytest.approx(std, rel=1e-5)
+    assert history[-1]["val_emb_std_norm"] == pytest.approx(std_norm, rel=1e-5)
+
+
 # ---- the random baseline ------------------------------------------------------------------------
 
-def test_pretrain_random(data, tmp_path):
-    meta = pretrain(recipe("random"), data, tmp_path / "m", device="cpu")
+def test_pretrain_random_monitors_the_initial_weights(data, tmp_path):
+    pretrain(recipe("random"), data, tmp_path / "m", device="cpu")
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert len(history) == 1 and history[0]["epoch"] == 0 and history[0]["seconds"] == 0.0
     assert set(history[0]) == {"epoch", "seconds", "val_emb_std", "val_emb_std_norm", "val_knn_acc"}
-    assert json.loads((tmp_path / "m" / "model.json").read_text()) == json.loads(json.dumps(meta))
-    assert meta["num_classes"] == 0 and meta["head"] is None and meta["parent"] is None
-    assert meta["parts"] == {"dataset": "toy", "backbone": "tiny", "pretrain": "random", "adapt": "none",
-                             "ensemble": "none", "compress": "none", "seed": 0}
-    assert meta["model_id"] == "toy/tiny/random/none/none/none/seed0"
-    assert meta["method_family"] == "baseline" and meta["train_seconds"] == 0.0
-    assert meta["input_size"] == [16, 16] and meta["classes"] == ["red", "green", "blue", "yellow"]
-    assert all(k.startswith("backbone.") for k in load_file(str(tmp_path / "m" / WEIGHTS)))
-    backbone, loaded_meta = load_backbone(tmp_path / "m")
-    assert loaded_meta["backbone_spec"] == SPEC
-    # the saved weights are the seeded initial ones
-    torch.manual_seed(0)
-    fresh = build_backbone(SPEC).state_dict()
-    assert all(torch.equal(v, fresh[k]) for k, v in backbone.state_dict().items())
-    # the monitor's numbers are those of the saved backbone
-    val_x, _, _ = load_tensors(data, "toy", "val")
-    std, std_norm = embedding_std(embed(backbone, val_x, torch.device("cpu")))
-    assert history[0]["val_emb_std"] == pytest.approx(std, rel=1e-5)
-    assert history[0]["val_emb_std_norm"] == pytest.approx(std_norm, rel=1e-5)
     assert 0 < history[0]["val_emb_std_norm"] < 1
     assert history[0]["val_knn_acc"] == 1.0  # colour classes: random features suffice
 
@@ -113,7 +183,7 @@ def test_pretrain_random(data, tmp_path):
 
 def test_pretrain_simclr_one_epoch_deterministic(data, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    meta = pretrain(recipe("simclr"), data, tmp_path / "a", checkpoint_path=ckpt, device="cpu")
+    card = pretrain(recipe("simclr"), data, tmp_path / "a", checkpoint_path=ckpt, device="cpu")
     for name in ("model.safetensors", "model.json", "history.json"):
         assert (tmp_path / "a" / name).exists()
     assert not ckpt.exists()
@@ -121,15 +191,11 @@ def test_pretrain_simclr_one_epoch_deterministic(data, tmp_path):
     assert [h["epoch"] for h in history] == [1]
     assert math.isfinite(history[0]["train_loss"]) and history[0]["train_loss"] > 0
     assert {"val_emb_std", "val_emb_std_norm", "val_knn_acc"} <= set(history[0])
-    assert meta["method_family"] == "contrastive" and meta["num_classes"] == 0
-    assert meta["train_seconds"] == pytest.approx(history[0]["seconds"]) and meta["train_seconds"] > 0
-    assert meta["recipe"]["params"] == SMALL_SIMCLR
+    assert card["family"] == "contrastive" and card["model"]["num_classes"] == 0
+    assert card["train_seconds"] == pytest.approx(history[0]["seconds"]) and card["train_seconds"] > 0
+    assert card["recipe"]["params"] == SMALL_PARAMS["simclr"]
     weights = load_file(str(tmp_path / "a" / WEIGHTS))
-    assert weights and all(k.startswith("backbone.") for k in weights)  # no projector in the backbone dir
-    trained, _ = load_backbone(tmp_path / "a")
-    torch.manual_seed(0)
-    init = build_backbone(SPEC).state_dict()
-    assert not all(torch.equal(v, init[k]) for k, v in trained.state_dict().items())
+    assert weights and all(k.startswith("net.") for k in weights)  # no projector in the backbone dir
     pretrain(recipe("simclr"), data, tmp_path / "b", device="cpu")
     assert (tmp_path / "a" / WEIGHTS).read_bytes() == (tmp_path / "b" / WEIGHTS).read_bytes()
     history_b = json.loads((tmp_path / "b" / "history.json").read_text())
@@ -168,24 +234,27 @@ def test_pretrain_without_val_split(data, tmp_path):
 
 def test_pretrain_other_seed_differs(data, tmp_path):
     pretrain(recipe("random"), data, tmp_path / "s0", device="cpu")
-    meta = pretrain(recipe("random", seed=1), data, tmp_path / "s1", device="cpu")
-    assert meta["model_id"].endswith("seed1")
+    card = pretrain(recipe("random", seed=1), data, tmp_path / "s1", device="cpu")
+    assert card["id"].endswith("seed1") and card["seed"] == 1
     assert (tmp_path / "s0" / WEIGHTS).read_bytes() != (tmp_path / "s1" / WEIGHTS).read_bytes()
 
 
 def test_pretrain_mae_on_resnet(data, tmp_path):
-    with pytest.raises(ValueError, match=r"pretrain method 'mae' needs a Vision Transformer backbone; 'tiny'"):
-        pretrain(recipe("mae"), data, tmp_path / "m", device="cpu")
+    with pytest.raises(ValueError, match=r"pretrain kind 'mae' needs a Vision Transformer backbone; 'tiny' is a "
+                                         r"ResNet"):
+        pretrain(recipe("mae", backbone="tiny", backbone_spec=SPEC), data, tmp_path / "m", device="cpu")
     assert not (tmp_path / "m").exists()
 
 
 def test_pretrain_bad_recipes(data, tmp_path):
     with pytest.raises(UnknownNameError, match="unknown pretrain method 'simclrr'"):
         pretrain(recipe("simclrr"), data, tmp_path / "m", device="cpu")
-    with pytest.raises(ValueError, match=r"pretrain method 'simclr': unknown parameter\(s\) \['temp'\]"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'temp' of pretrain kind 'simclr'; known: proj_dim"):
         pretrain(recipe("simclr", params={"temp": 0.1}), data, tmp_path / "m", device="cpu")
     with pytest.raises(ValueError, match=r"unknown view option\(s\) \['blur'\]"):
         pretrain(recipe("simclr", views={"blur": 0.5}), data, tmp_path / "m", device="cpu")
+    with pytest.raises(ValueError, match=r"unknown train config key\(s\): epoch;"):
+        pretrain(recipe("simclr", train={"epoch": 1}), data, tmp_path / "m", device="cpu")
     with pytest.raises(ValueError, match="has unlabeled images"):
         pretrain(recipe("random", train_split="unlabeled"), data, tmp_path / "m", device="cpu")
     assert not (tmp_path / "m").exists()

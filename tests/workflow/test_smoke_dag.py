@@ -1,27 +1,35 @@
-"""The smoke DAG end to end through the real snakemake + DVC (acceptance 2, 3, 4, 5, 6)."""
+"""The smoke DAG end to end through the real snakemake + DVC: contracts, determinism, DVC pull,
+kills + resume, lineage, load_model over every model, and what a config change reruns."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from .conftest import MODEL, sha, snakemake
+from .conftest import MODEL, clone_repo, sha, snakemake
 
 pytestmark = pytest.mark.workflow
 
-METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "split",
-                  "shift", "severity", "acc", "ece", "nll", "brier", "n", "params", "nonzero_params", "size_bytes",
-                  "latency_ms", "train_seconds"]
-
+METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
+                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "lr", "epochs", "weight_decay",
+                  "k", "temperature", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
+                  "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device",
+                  "train_seconds"]
 METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
+LPFT = "shapes/tiny/simclr/lpft/none/none/seed0"
+FINETUNE = "shapes/tiny/simclr/finetune-lr0.001/none/none/seed0"
 
 
 def assert_same_metrics(first_run: dict, repo: Path) -> None:
@@ -32,31 +40,51 @@ def assert_same_metrics(first_run: dict, repo: Path) -> None:
 
 def test_outputs_follow_the_contracts(smoke_repo, first_run):
     m = first_run["metrics"]
-    for col in METRIC_COLUMNS:
-        assert col in m.columns, col
-    assert m.loc[m["adapt"] == "supervised", "model_id"].nunique() == 4  # 2 datasets x 2 seeds
-    assert m["model_id"].nunique() == 4 + 17 * 4  # + 17 pretrained backbones (1 seed) x 4 protocols
+    assert list(m.columns) == METRIC_COLUMNS
+    assert m.loc[m["kind"] == "supervised", "model_id"].nunique() == 4  # 2 datasets x 2 seeds
+    assert m["model_id"].nunique() == 4 + 6 * 5  # + 6 pretrained backbones (1 seed) x 5 adapt variants
     shapes = m[m["model_id"] == MODEL]
     assert set(shapes["split"]) == {"test", "style", "test.gaussian_noise-1", "test.gaussian_noise-5",
                                     "test.contrast-1", "test.contrast-5"}
     assert set(shapes["shift"]) == {"id", "style", "corruption"}
     assert shapes.loc[shapes["split"] == "test.contrast-5", "severity"].item() == 5
     assert shapes.loc[shapes["split"] == "test", "severity"].isna().all()
-    assert (m[m["adapt"] == "supervised"]["pretrain"] == "none").all()
     assert m["acc"].between(0, 1).all() and (m["n"] > 0).all() and (m["latency_ms"] > 0).all()
+    assert set(m["latency_device"]) == {"cpu"}
+    # lineage columns
+    lp = m[m["model_id"] == LPFT].iloc[0]
+    assert (lp["kind"], lp["family"], lp["stage"]) == ("lpft", "finetune", "adapt")
+    assert list(lp["parents"]) == ["shapes/tiny/simclr/linear/none/none/seed0"]
+    assert (lp["pretrain_kind"], lp["pretrain_family"]) == ("simclr", "contrastive")
+    sup = m[m["kind"] == "supervised"]
+    assert sup["pretrain_kind"].isna().all() and (sup["parents"].map(len) == 0).all()
+    assert m.loc[m["kind"] == "knn", "trainable_params"].eq(0).all()
+    knn_params = m.loc[m["kind"] == "knn", "params"].iloc[0]
+    assert knn_params > m.loc[m["kind"] == "linear", "params"].iloc[0]  # the kNN bank is part of the model
     report = (smoke_repo / "results/report.html").read_text()
     assert report.count("data:image/png;base64,") == 6 and "Supervised baseline" in report
     for log in ("shapes", "digits"):
         assert "built" in (smoke_repo / f"results/logs/dataset/{log}.log").read_text()
-    meta = yaml.safe_load((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
+    card = json.loads((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
     lock = yaml.safe_load((smoke_repo / "dvc.lock").read_text())
-    assert meta["provenance"]["data_hash"] == lock["stages"]["shapes"]["outs"][0]["md5"]
+    assert card["data_hash"] == lock["stages"]["shapes"]["outs"][0]["md5"]
+
+
+def test_a_sweep_gives_distinct_models_with_a_knob_column(first_run):
+    """Acceptance 1: two fine-tune variants differing only in lr: distinct ids and rows, lr as a knob."""
+    m = first_run["metrics"]
+    ft = m[m["kind"] == "finetune"].drop_duplicates("model_id")
+    assert set(ft["adapt"]) == {"finetune-lr0.001", "finetune-lr0.002"}
+    assert ft.groupby("adapt")["lr"].unique().map(list).to_dict() == {"finetune-lr0.001": [0.001],
+                                                                      "finetune-lr0.002": [0.002]}
+    assert str(m["lr"].dtype) == "Float64" and str(m["k"].dtype) == "Int64"
+    assert m.loc[m["kind"] == "linear", "lr"].isna().all()
 
 
 def test_snakemake_report_has_figures_with_captions(smoke_repo, first_run):
     snakemake(smoke_repo, "--report", "smk-report.html")
     text = (smoke_repo / "smk-report.html").read_text()
-    for figure in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png"):
+    for figure in ("id_vs_ood.png", "corruption_severity.png", "training_curves.png", "ssl_tsne.png"):
         assert figure in text
     assert "Accuracy against corruption severity" in text
 
@@ -73,7 +101,39 @@ def test_second_run_does_nothing_quickly(smoke_repo, first_run):
     proc = snakemake(smoke_repo)
     elapsed = time.time() - t0
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    assert elapsed < 15, elapsed
+    assert elapsed < 20, elapsed
+
+
+def test_load_model_rebuilds_every_model_from_its_directory(smoke_repo, first_run):
+    """Acceptance 5: every evaluated model reloads from its directory alone and gives its cached logits
+    exactly; every pretrained backbone reloads with the feature width its card records."""
+    from dlbench.data.loader import load_tensors
+    from dlbench.evaluate.outputs import read_logits
+    from dlbench.models.checkpoint import load_backbone, load_model
+    from dlbench.models.inference import predict_logits
+
+    torch.set_num_threads(1)
+    results = smoke_repo / "results"
+    cards = sorted(results.glob("models/**/model.json"))
+    evaluated = set(first_run["metrics"]["model_id"])
+    images = {d: load_tensors(smoke_repo / "data", d, "test")[0] for d in ("shapes", "digits")}
+    seen = 0
+    for card_path in cards:
+        model_dir = card_path.parent
+        model_id = str(model_dir.relative_to(results / "models"))
+        card = json.loads(card_path.read_text())
+        if card["model"]["head"] is None:
+            backbone, _ = load_backbone(model_dir)
+            assert backbone.num_features == card["model"]["feature_dim"]
+            continue
+        assert model_id in evaluated
+        model, _ = load_model(model_dir)
+        model = model.to(memory_format=torch.channels_last)  # as the evaluate path runs it
+        cached, _, _ = read_logits(results / "predictions" / model_id / "logits.parquet")["test"]
+        got = predict_logits(model, images[card["parts"]["dataset"]]).numpy()
+        assert np.array_equal(got, cached), model_id
+        seen += 1
+    assert seen == len(evaluated) == 34
 
 
 def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, first_run):
@@ -83,10 +143,8 @@ def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, 
     for name in ("shapes", "digits"):
         log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
         assert "pulled from the DVC remote" in log and "built" not in log, log
-    shutil.rmtree(smoke_repo / "data")
-    shutil.rmtree(smoke_repo / ".dvc/cache")
-    shutil.rmtree(smoke_repo / "results")
-    shutil.rmtree(smoke_repo / ".snakemake")
+    for path in ("data", ".dvc/cache", "results", ".snakemake"):
+        shutil.rmtree(smoke_repo / path)
     snakemake(smoke_repo)
     for name in ("shapes", "digits"):
         log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
@@ -95,41 +153,130 @@ def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, 
     assert sha(smoke_repo / f"results/models/{MODEL}/model.safetensors") == first_run["weights"]
 
 
-def training_pids(repo: Path) -> list[int]:
-    """PIDs of `dlbench train supervised` processes running in ``repo``."""
+def job_pids(repo: Path, pattern: str) -> list[int]:
+    """PIDs of processes running in ``repo`` whose command line contains ``pattern``."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "train supervised" in cmdline and Path(os.readlink(entry / "cwd")) == repo:
+            if pattern in cmdline and "snakemake" not in cmdline and Path(os.readlink(entry / "cwd")) == repo:
                 pids.append(int(entry.name))
         except (OSError, ValueError):
             continue
     return pids
 
 
-def test_sigkill_midway_then_resume_gives_identical_model(smoke_repo, first_run):
-    """SIGKILL the training process after its first checkpoint; the rerun resumes and ends identical."""
-    repo = smoke_repo
-    target = f"results/models/{MODEL}/model.safetensors"
-    ckpt = repo / f"results/checkpoints/{MODEL}.pt"
-    (repo / target).unlink()
-    cmd = ["snakemake", target, "--cores", "1", "--configfile", "configs/smoke.yaml"]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+def kill_after_first_checkpoint(repo: Path, target: str, ckpt: Path, pattern: str) -> None:
+    """Run snakemake for ``target``, SIGKILL the training process once its first checkpoint exists."""
+    proc = subprocess.Popen(["snakemake", target, "--cores", "1", "--configfile", "configs/smoke.yaml"], cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(repo / "src")})
+    deadline = time.time() + 180
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert ckpt.exists(), "training never wrote a checkpoint"
-    pids = training_pids(repo)
+    pids = job_pids(repo, pattern)
     assert pids, "training process not found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=60) != 0  # snakemake saw the job die
+
+
+def test_sigkill_midway_then_resume_gives_identical_model(smoke_repo, first_run):
+    """SIGKILL supervised training after its first checkpoint; the rerun resumes and ends identical."""
+    repo = smoke_repo
+    target = f"results/models/{MODEL}/model.safetensors"
+    ckpt = repo / f"results/checkpoints/{MODEL}.pt"
+    (repo / target).unlink()
+    kill_after_first_checkpoint(repo, target, ckpt, "train supervised")
     assert not (repo / target).exists() and ckpt.exists()
     snakemake(repo, target)
-    log = (repo / "results/logs/supervised/shapes/tiny/seed0.log").read_text()
-    assert "resuming from checkpoint" in log
+    assert "resuming from checkpoint" in (repo / "results/logs/supervised/shapes/tiny/seed0.log").read_text()
     assert sha(repo / target) == first_run["weights"]
     assert not ckpt.exists()  # removed once the final model is written
     snakemake(repo)  # evaluation of the resumed model gives the same metrics
     assert_same_metrics(first_run, repo)
+
+
+def test_sigkill_of_lpft_keeps_the_finetune_and_resumes_bit_identical(smoke_repo, first_run):
+    """Acceptance 3: a killed LP-FT job never touches the finished fine-tune; its rerun resumes and
+    ends bit-identical to the uninterrupted run."""
+    repo = smoke_repo
+    lpft, ft = (repo / f"results/models/{m}/model.safetensors" for m in (LPFT, FINETUNE))
+    before = {"lpft": sha(lpft), "ft": sha(ft), "ft_mtime": ft.stat().st_mtime_ns}
+    lpft.unlink()
+    ckpt = repo / "results/checkpoints/shapes/tiny/simclr/none/none/none/seed0/lpft.pt"
+    kill_after_first_checkpoint(repo, f"results/models/{LPFT}/model.safetensors", ckpt, "train adapt")
+    assert not lpft.exists() and ckpt.exists()
+    assert sha(ft) == before["ft"] and ft.stat().st_mtime_ns == before["ft_mtime"]
+    snakemake(repo, f"results/models/{LPFT}/model.safetensors")
+    assert "resuming from checkpoint" in (repo / f"results/logs/adapt/{LPFT}.log").read_text()
+    assert sha(lpft) == before["lpft"] and not ckpt.exists()
+    assert sha(ft) == before["ft"] and ft.stat().st_mtime_ns == before["ft_mtime"]
+    snakemake(repo)
+    assert_same_metrics(first_run, repo)
+
+
+def planned_jobs(repo: Path, config: str) -> dict[str, list[str]]:
+    """rule -> the outputs of each job ``snakemake -n`` plans (first output per job)."""
+    out = snakemake(repo, "--dry-run", config=config).stdout
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):", line):
+            rule = m.group(1)
+        elif rule and line.strip().startswith("output:"):
+            jobs.setdefault(rule, []).append(line.split("output:")[1].split(",")[0].strip())
+            rule = None
+        elif rule and line.strip().startswith("jobid:") and rule == "all":
+            jobs.setdefault(rule, [])
+    return jobs
+
+
+REPORT_RULES = {"aggregate", "figures", "report_html", "all"}
+
+
+def test_changing_one_variant_reruns_only_its_jobs(smoke_repo, first_run, tmp_path):
+    """Acceptance 1: after changing one variant's lr, `snakemake -n` plans only that variant's training
+    and evaluation jobs (and the report jobs that read every model)."""
+    cfg = yaml.safe_load((smoke_repo / "configs/smoke.yaml").read_text())
+    cfg["adapt"]["variants"]["lpft"]["train"]["lr"] = 0.0007
+    (smoke_repo / "configs/changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    jobs = planned_jobs(smoke_repo, "configs/changed.yaml")
+    assert set(jobs) - REPORT_RULES == {"adapt", "evaluate"}, jobs
+    assert all("/lpft/" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 6
+    assert len(jobs["evaluate"]) == 6
+    # a sweep point changed: the new point's jobs only, the other point is untouched
+    cfg = yaml.safe_load((smoke_repo / "configs/smoke.yaml").read_text())
+    cfg["adapt"]["variants"]["finetune"]["sweep"]["lr"] = [0.001, 0.003]
+    (smoke_repo / "configs/changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    jobs = planned_jobs(smoke_repo, "configs/changed.yaml")
+    assert set(jobs) - REPORT_RULES == {"adapt", "evaluate"}, jobs
+    assert all("finetune-lr0.003" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 6
+
+
+def test_removing_a_method_removes_its_rows(smoke_repo, first_run):
+    """Acceptance 2: the tables and the report hold exactly the models of the current config."""
+    cfg = yaml.safe_load((smoke_repo / "configs/smoke.yaml").read_text())
+    cfg["pretrain"]["runs"][0]["variants"].remove("byol")
+    (smoke_repo / "configs/no_byol.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        snakemake(smoke_repo, config="configs/no_byol.yaml")
+        m = pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")
+        assert "byol" not in set(m["pretrain"]) and m["model_id"].nunique() == 34 - 5
+        history = pd.read_parquet(smoke_repo / "results/tables/history.parquet")
+        assert "byol" not in set(history["pretrain"])
+        report = (smoke_repo / "results/report.html").read_text()
+        assert "byol" not in report.split("<h3>Config</h3>")[0]
+    finally:
+        snakemake(smoke_repo)  # back to the smoke config for the tests that follow
+    assert "byol" in set(pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")["pretrain"])
+
+
+def test_results_are_namespaced_per_config(tmp_path, repo_root):
+    """A second config in the same clone writes its own results directory."""
+    cfg = yaml.safe_load((repo_root / "configs/stl10.yaml").read_text())
+    assert cfg["results_dir"] != "results"
+    repo = clone_repo(repo_root, tmp_path / "repo")
+    out = snakemake(repo, "--dry-run", config="configs/stl10.yaml").stdout
+    assert f"{cfg['results_dir']}/report.html" in out and " results/report.html" not in out

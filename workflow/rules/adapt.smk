@@ -1,36 +1,66 @@
-# Evaluation protocols on a pretrained backbone. One job runs every configured protocol
-# (linear probe, kNN, fine-tuning, LP-FT ...): they share the frozen-feature pass and LP-FT
-# starts from the linear probe. Each protocol still writes its own model directory, and the
-# t-SNE of test embeddings before/after fine-tuning is written alongside.
+# Adaptation of pretrained backbones. The frozen-feature variants of one backbone (linear probe, kNN)
+# share one job and one feature pass; every trained variant (fine-tuning, LP-FT ...) is its own job,
+# so changing its recipe retrains it alone and a crash in it never touches another variant's model.
+# A variant with `of` (LP-FT) reads the model of the variant it starts from.
+
+if FROZEN:
+
+    rule adapt_frozen:
+        input:
+            source=model_file(PRETRAINED),
+            data=lambda w: dataset_marker(w.dataset),
+        output:
+            weights=frozen_outputs("models", "model.safetensors"),
+            cards=frozen_outputs("models", "model.json"),
+        wildcard_constraints:
+            pretrain=PRETRAIN_VARIANTS,
+        params:
+            recipe=frozen_recipes_arg,
+            source=lambda w, input: os.path.dirname(input.source),
+            outs=lambda w, output: " ".join(os.path.dirname(p) for p in output.weights),
+            device=DEVICE,
+        log:
+            f"{R}/logs/adapt/{PRETRAINED}.frozen.log",
+        benchmark:
+            f"{R}/benchmarks/adapt/{PRETRAINED}.frozen.tsv"
+        threads: THREADS["train"]
+        resources:
+            gpu=GPU,
+            runtime=lambda w: train_minutes(w, "adapt", {"adapt": FROZEN[0]}),
+        conda:
+            "../envs/dlbench.yaml"
+        shell:
+            "dlbench train adapt --recipe {params.recipe} --source {params.source} --out {params.outs}"
+            " --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule adapt:
     input:
-        pretrained=f"results/models/{PRETRAINED}/model.safetensors",
+        source=lambda w: model_file(PLAN.entries[model_id(w)].source),
         data=lambda w: dataset_marker(w.dataset),
     output:
-        weights=adapted("results/models/{{dataset}}/{{backbone}}/{{pretrain}}/{adapt}/none/none/seed{{seed}}/model.safetensors"),
-        meta=adapted("results/models/{{dataset}}/{{backbone}}/{{pretrain}}/{adapt}/none/none/seed{{seed}}/model.json"),
-        tsne="results/tsne/{dataset}/{backbone}/{pretrain}/seed{seed}.parquet",
+        weights=f"{R}/models/{ADAPTED}/model.safetensors",
+        card=f"{R}/models/{ADAPTED}/model.json",
+        history=f"{R}/models/{ADAPTED}/history.json",
     wildcard_constraints:
-        pretrain=PRETRAIN_METHODS,
+        pretrain=PRETRAIN_VARIANTS,
+        adapt=TRAINED,
     params:
-        recipe=adapt_recipe_json,
-        pretrained=lambda w, input: os.path.dirname(input.pretrained),
-        outs=lambda w, output: " ".join(f"{a}={os.path.dirname(p)}" for a, p in zip(PROTOCOLS, output.weights)),
-        checkpoints=f"results/checkpoints/{PRETRAINED}",
-        device=CFG["device"],
-        data_root=DATA,
+        recipe=lambda w: recipe_arg(model_id(w)),
+        source=lambda w, input: os.path.dirname(input.source),
+        out=lambda w, output: os.path.dirname(output.weights),
+        checkpoints=f"{R}/checkpoints/{PRETRAINED}",
+        device=DEVICE,
     log:
-        f"results/logs/adapt/{PRETRAINED}.log",
+        f"{R}/logs/adapt/{ADAPTED}.log",
     benchmark:
-        f"results/benchmarks/adapt/{PRETRAINED}.tsv"
+        f"{R}/benchmarks/adapt/{ADAPTED}.tsv"
     threads: THREADS["train"]
     resources:
-        gpu=1 if CFG["device"].startswith("cuda") else 0,
+        gpu=GPU,
+        runtime=lambda w: train_minutes(w, "adapt", {}),
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench train adapt --recipe '{params.recipe}' --pretrained {params.pretrained} --data-root {params.data_root}"
-        " --out {params.outs} --tsne {output.tsne} --checkpoint-dir {params.checkpoints}"
-        " --threads {threads} --device {params.device} > {log} 2>&1"
+        "dlbench train adapt --recipe {params.recipe} --source {params.source} --out {params.out}"
+        " --checkpoint-dir {params.checkpoints} --threads {threads} --device {params.device} > {log} 2>&1"

@@ -1,105 +1,120 @@
-# Config validation and target/path helpers. No other Python logic in .smk files.
+# Config validation and target/path helpers. No other Python logic in .smk files: the grid of
+# models, their recipes and resources come from the package (dlbench.plan, dlbench.resources).
 import json
+import re
+import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from dlbench.config import (
-    ConfigError,
-    adapt_recipe,
-    check,
-    eval_datasets,
-    eval_split_specs,
-    pretrain_recipe,
-    pretrain_runs,
-    recipe_json,
-    supervised_recipe,
-)
-from dlbench.pretrain.base import load_all as load_pretrain_methods
-from dlbench.report.figures import FIGURES
+from dlbench.config import ConfigError, check
+from dlbench.ids import PATTERN, WILDCARD_CONSTRAINTS, ModelId
+from dlbench.plan import Plan
+from dlbench.report.figures import figure_names
+from dlbench.report.sections import all_figures
+from dlbench.resources import eval_minutes, job_minutes, wants_gpu
 
 try:
     CFG = check(config)
-except ConfigError as e:
+    PLAN = Plan(CFG)
+except (ConfigError, ValueError) as e:
     raise WorkflowError(f"invalid config: {e}")
 
-DATA = CFG["data_root"]
+R = CFG["results_dir"]
 THREADS = CFG["threads"]
+DEVICE = CFG["device"]
+GPU = 1 if wants_gpu(DEVICE) else 0
+EVAL = CFG["evaluate"]
 
-wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
-    backbone="[A-Za-z0-9_-]+",
-    pretrain="[A-Za-z0-9_-]+",
-    adapt="[A-Za-z0-9_-]+",
-    ensemble="[A-Za-z0-9_-]+",
-    compress="[A-Za-z0-9_-]+",
-    seed="[0-9]+",
+workflow.global_wildcard_constraints(**WILDCARD_CONSTRAINTS)
 
-MODEL = "{dataset}/{backbone}/{pretrain}/{adapt}/{ensemble}/{compress}/seed{seed}"
-# A pretrained backbone (no head: adapted, never evaluated itself) and its adapted classifiers.
+MODEL = PATTERN
 PRETRAINED = "{dataset}/{backbone}/{pretrain}/none/none/none/seed{seed}"
-PROTOCOLS = (CFG.get("adapt") or {}).get("protocols", [])
-PRETRAIN_METHODS = "|".join(load_pretrain_methods().names())
+ADAPTED = "{dataset}/{backbone}/{pretrain}/{adapt}/none/none/seed{seed}"
 
 
-def adapted(pattern, **fixed):
-    """One path per configured protocol; ``pattern`` uses {{wildcards}} and {adapt}."""
-    return expand(pattern, adapt=PROTOCOLS, **fixed)
+def alternation(names):
+    """A wildcard constraint matching exactly these names (never matches when empty)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def supervised_ids():
-    """Model ids of every supervised-from-scratch run x seed in the config."""
-    return [
-        f"{r['dataset']}/{r['backbone']}/none/supervised/none/none/seed{s}"
-        for r in CFG["supervised"]["runs"]
-        for s in CFG["seeds"]
-    ]
+PRETRAIN_VARIANTS = alternation(sorted({ModelId.parse(i).pretrain for i in PLAN.ids(stage="pretrain")}))
+FROZEN = PLAN.frozen_variants
+TRAINED = alternation(PLAN.trained_variants)
 
 
-def pretrained_ids():
-    return [f"{d}/{b}/{m}/none/none/none/seed{s}" for d, b, m, s in pretrain_runs(CFG)]
+def model_id(wildcards, **fixed):
+    """The model id of a job from its wildcards (slots a rule's pattern fixes given as keywords)."""
+    parts = {k: getattr(wildcards, k) for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress")
+             if k in wildcards.keys()}
+    return str(ModelId.from_wildcards({"ensemble": "none", "compress": "none", **parts, **fixed,
+                                       "seed": wildcards.seed}))
 
 
-def adapted_ids():
-    return [f"{d}/{b}/{m}/{a}/none/none/seed{s}" for d, b, m, s in pretrain_runs(CFG) for a in PROTOCOLS]
+def recipe_arg(model):
+    return shlex.quote(json.dumps(PLAN.recipe(model), sort_keys=True, separators=(",", ":")))
 
 
-def tsne_files():
-    return [f"results/tsne/{d}/{b}/{m}/seed{s}.parquet" for d, b, m, s in pretrain_runs(CFG)]
+def frozen_ids(wildcards):
+    pid = ModelId.parse(model_id(wildcards, adapt="none"))
+    return [str(pid.with_(adapt=v)) for v in FROZEN]
 
 
-def all_model_ids():
-    """Every evaluated model of the config."""
-    return supervised_ids() + adapted_ids()
+def frozen_recipes_arg(wildcards):
+    return shlex.quote(json.dumps([PLAN.recipe(m) for m in frozen_ids(wildcards)], sort_keys=True,
+                                  separators=(",", ":")))
 
 
-def used_datasets():
-    """Every dataset a job of this config reads (training sets and eval sets)."""
-    return sorted({d for name in CFG["datasets"] for d in eval_datasets(CFG, name)})
+def frozen_outputs(kind, name):
+    """One path per frozen variant of the job's backbone: {R}/<kind>/<dataset>/.../<variant>/.../<name>."""
+    pattern = f"{R}/{kind}/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}/none/none/seed{{{{seed}}}}/{name}"
+    return expand(pattern, adapt=FROZEN)
+
+
+def model_file(model, name="model.safetensors"):
+    return f"{R}/models/{model}/{name}"
+
+
+def prediction_file(model, name):
+    return f"{R}/predictions/{model}/{name}"
 
 
 def dataset_marker(name):
-    return f"{DATA}/{name}/meta.json"
+    return f"data/{name}/meta.json"
 
 
-def eval_inputs(wildcards):
-    return {
-        "model": f"results/models/{MODEL}/model.safetensors".format(**wildcards),
-        "data": [dataset_marker(d) for d in eval_datasets(CFG, wildcards.dataset)],
-    }
+def corrupted_marker(dataset):
+    return f"{R}/corrupted/{dataset}/meta.json"
 
 
-def eval_split_args(wildcards):
-    return " ".join(eval_split_specs(CFG, wildcards.dataset))
+def eval_data(wildcards):
+    files = [dataset_marker(d) for d in PLAN.eval_datasets(wildcards.dataset)]
+    return files + ([corrupted_marker(wildcards.dataset)] if PLAN.corruption_splits(wildcards.dataset) else [])
 
 
-def supervised_recipe_json(wildcards):
-    return recipe_json(supervised_recipe(CFG, wildcards.dataset, wildcards.backbone, int(wildcards.seed)))
+def eval_args(wildcards):
+    """The eval-split and embedding arguments of an evaluate job (shared by both evaluate rules)."""
+    d = wildcards.dataset
+    args = ["--split", *PLAN.eval_split_specs(d), "--corrupted-root", f"{R}/corrupted",
+            "--embedding-split", f"{d}:{PLAN.embedding_split(d)}",
+            "--embedding-points", str(EVAL.get("embedding_points", 300)),
+            "--latency-repeats", str(EVAL.get("latency_repeats", 30))]
+    return " ".join(shlex.quote(a) for a in args)
 
 
-def pretrain_recipe_json(wildcards):
-    return recipe_json(pretrain_recipe(CFG, wildcards.dataset, wildcards.backbone, wildcards.pretrain,
-                                       int(wildcards.seed)))
+def corruption_args(dataset):
+    c = CFG["datasets"][dataset]["corruptions"]
+    args = ["--source", c["source"], "--types", *c["types"], "--severities", *map(str, c["severities"])]
+    return " ".join(args + (["--max-images", str(c["max_images"])] if c.get("max_images") else []))
 
 
-def adapt_recipe_json(wildcards):
-    return recipe_json(adapt_recipe(CFG, wildcards.dataset, wildcards.backbone, wildcards.pretrain, int(wildcards.seed)))
+def train_minutes(wildcards, stage, fixed):
+    return job_minutes(CFG, PLAN.recipe(model_id(wildcards, **fixed)), stage, THREADS["train"])
+
+
+def evaluate_minutes(wildcards, models=1):
+    d = wildcards.dataset
+    return eval_minutes(CFG, d, CFG["backbones"][wildcards.backbone], PLAN.eval_split_specs(d), models)
+
+
+def all_targets():
+    return [f"{R}/report.html", f"{R}/tables/metrics.parquet", *(f"{R}/figures/{f}" for f in figure_names())]

@@ -5,11 +5,11 @@
 
 rule dataset:
     output:
-        f"{DATA}/{{name}}/meta.json",
+        "data/{name}/meta.json",
     log:
-        "results/logs/dataset/{name}.log",
+        f"{R}/logs/dataset/{{name}}.log",
     benchmark:
-        "results/benchmarks/dataset/{name}.tsv"
+        f"{R}/benchmarks/dataset/{{name}}.tsv"
     resources:
         dvc=1,
     conda:
@@ -21,4 +21,28 @@ rule dataset:
 rule datasets:
     """`snakemake datasets`: restore (pull) or build every dataset the config uses, nothing else."""
     input:
-        [dataset_marker(name) for name in used_datasets()],
+        [dataset_marker(name) for name in PLAN.used_datasets],
+
+
+# The corruption suite of a dataset, computed once (uint8, deterministic by seed) and read by every
+# evaluate job of that dataset's models.
+rule corruptions:
+    input:
+        lambda w: dataset_marker(w.dataset),
+    output:
+        f"{R}/corrupted/{{dataset}}/meta.json",
+    params:
+        args=lambda w: corruption_args(w.dataset),
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{R}/logs/corruptions/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/corruptions/{{dataset}}.tsv"
+    threads: THREADS["evaluate"]
+    resources:
+        runtime=30,
+    conda:
+        "../envs/dlbench.yaml"
+    shell:
+        "dlbench data corrupt --dataset {wildcards.dataset} {params.args} --out {params.out}"
+        " --threads {threads} > {log} 2>&1"

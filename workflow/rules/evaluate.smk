@@ -1,57 +1,65 @@
-# Evaluate once: each model x all of its eval splits; logits cached as Parquet, one file per model.
-# Metrics, figures and (later) prediction ensembles are computed from these files only.
+# Evaluate once: each model x all of its eval splits -> cached logits (Parquet), costs and the
+# embeddings of a fixed class-balanced test subset. Metrics, figures, t-SNE and (later) prediction
+# ensembles are computed from these files only. Corrupted splits come from rule corruptions.
 
 
 rule evaluate:
     input:
-        unpack(eval_inputs),
+        model=lambda w: model_file(model_id(w)),
+        data=eval_data,
     output:
-        logits=f"results/predictions/{MODEL}/logits.parquet",
-        costs=f"results/predictions/{MODEL}/costs.json",
+        logits=f"{R}/predictions/{MODEL}/logits.parquet",
+        costs=f"{R}/predictions/{MODEL}/costs.json",
+        embeddings=f"{R}/predictions/{MODEL}/embeddings.parquet",
     params:
-        splits=eval_split_args,
-        model_dir=lambda w, input: os.path.dirname(input.model),
-        device=CFG["device"],
-        data_root=DATA,
+        args=eval_args,
+        model=lambda w, input: os.path.dirname(input.model),
+        device=DEVICE,
     log:
-        f"results/logs/evaluate/{MODEL}.log",
+        f"{R}/logs/evaluate/{MODEL}.log",
     benchmark:
-        f"results/benchmarks/evaluate/{MODEL}.tsv"
+        f"{R}/benchmarks/evaluate/{MODEL}.tsv"
     threads: THREADS["evaluate"]
+    resources:
+        gpu=GPU,
+        runtime=lambda w: evaluate_minutes(w),
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench evaluate --model {params.model_dir} --split {params.splits} --data-root {params.data_root}"
-        " --out {output.logits} --costs {output.costs} --threads {threads} --device {params.device} > {log} 2>&1"
+        "dlbench evaluate --model {params.model} {params.args} --out {output.logits} --costs {output.costs}"
+        " --embeddings {output.embeddings} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
-# The classifiers adapted from one pretrained backbone are evaluated in one job: same files as
-# rule evaluate, but each eval split (and its corruption) is loaded once for all of them, and the
-# per-job start-up (~3.5 s of imports) is paid once. Preferred over rule evaluate where both match.
-rule evaluate_adapted:
-    input:
-        models=adapted("results/models/{{dataset}}/{{backbone}}/{{pretrain}}/{adapt}/none/none/seed{{seed}}/model.safetensors"),
-        data=lambda w: [dataset_marker(d) for d in eval_datasets(CFG, w.dataset)],
-    output:
-        logits=adapted("results/predictions/{{dataset}}/{{backbone}}/{{pretrain}}/{adapt}/none/none/seed{{seed}}/logits.parquet"),
-        costs=adapted("results/predictions/{{dataset}}/{{backbone}}/{{pretrain}}/{adapt}/none/none/seed{{seed}}/costs.json"),
-    wildcard_constraints:
-        pretrain=PRETRAIN_METHODS,
-    params:
-        splits=eval_split_args,
-        model_dirs=lambda w, input: " ".join(os.path.dirname(m) for m in input.models),
-        device=CFG["device"],
-        data_root=DATA,
-    log:
-        f"results/logs/evaluate/{PRETRAINED}.adapted.log",
-    benchmark:
-        f"results/benchmarks/evaluate/{PRETRAINED}.adapted.tsv"
-    threads: THREADS["evaluate"]
-    conda:
-        "../envs/dlbench.yaml"
-    shell:
-        "dlbench evaluate --model {params.model_dirs} --split {params.splits} --data-root {params.data_root}"
-        " --out {output.logits} --costs {output.costs} --threads {threads} --device {params.device} > {log} 2>&1"
+if FROZEN:
 
+    # The frozen-feature variants of one backbone come from one job; they are evaluated in one job
+    # too (same files as rule evaluate): each split is loaded once for all of them.
+    rule evaluate_frozen:
+        input:
+            models=frozen_outputs("models", "model.safetensors"),
+            data=eval_data,
+        output:
+            logits=frozen_outputs("predictions", "logits.parquet"),
+            costs=frozen_outputs("predictions", "costs.json"),
+            embeddings=frozen_outputs("predictions", "embeddings.parquet"),
+        wildcard_constraints:
+            pretrain=PRETRAIN_VARIANTS,
+        params:
+            args=eval_args,
+            models=lambda w, input: " ".join(os.path.dirname(m) for m in input.models),
+            device=DEVICE,
+        log:
+            f"{R}/logs/evaluate/{PRETRAINED}.frozen.log",
+        benchmark:
+            f"{R}/benchmarks/evaluate/{PRETRAINED}.frozen.tsv"
+        threads: THREADS["evaluate"]
+        resources:
+            gpu=GPU,
+            runtime=lambda w: evaluate_minutes(w, len(FROZEN)),
+        conda:
+            "../envs/dlbench.yaml"
+        shell:
+            "dlbench evaluate --model {params.models} {params.args} --out {output.logits} --costs {output.costs}"
+            " --embeddings {output.embeddings} --threads {threads} --device {params.device} > {log} 2>&1"
 
-ruleorder: evaluate_adapted > evaluate
+    ruleorder: evaluate_frozen > evaluate

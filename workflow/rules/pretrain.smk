@@ -1,31 +1,31 @@
-# Self-supervised pretraining: one backbone per (dataset, backbone, method, seed), trained on the
-# dataset's unlabeled split. The backbone-only model directory is the input of rule adapt.
+# Self-supervised pretraining: one backbone per (dataset, backbone, pretrain variant, seed), trained on
+# the dataset's unlabeled split. The backbone-only model directory is the input of the adapt rules.
 
 
 rule pretrain:
     input:
         data=lambda w: dataset_marker(w.dataset),
     output:
-        weights=f"results/models/{PRETRAINED}/model.safetensors",
-        meta=f"results/models/{PRETRAINED}/model.json",
-        history=f"results/models/{PRETRAINED}/history.json",
+        weights=f"{R}/models/{PRETRAINED}/model.safetensors",
+        card=f"{R}/models/{PRETRAINED}/model.json",
+        history=f"{R}/models/{PRETRAINED}/history.json",
     wildcard_constraints:
-        pretrain=PRETRAIN_METHODS,
+        pretrain=PRETRAIN_VARIANTS,
     params:
-        recipe=pretrain_recipe_json,
+        recipe=lambda w: recipe_arg(model_id(w, adapt="none")),
         out=lambda w, output: os.path.dirname(output.weights),
-        checkpoint=f"results/checkpoints/{PRETRAINED}.pt",
-        device=CFG["device"],
-        data_root=DATA,
+        checkpoint=f"{R}/checkpoints/{PRETRAINED}.pt",
+        device=DEVICE,
     log:
-        f"results/logs/pretrain/{PRETRAINED}.log",
+        f"{R}/logs/pretrain/{PRETRAINED}.log",
     benchmark:
-        f"results/benchmarks/pretrain/{PRETRAINED}.tsv"
+        f"{R}/benchmarks/pretrain/{PRETRAINED}.tsv"
     threads: THREADS["train"]
     resources:
-        gpu=1 if CFG["device"].startswith("cuda") else 0,
+        gpu=GPU,
+        runtime=lambda w: train_minutes(w, "pretrain", {"adapt": "none"}),
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench train pretrain --recipe '{params.recipe}' --data-root {params.data_root} --out {params.out}"
+        "dlbench train pretrain --recipe {params.recipe} --out {params.out}"
         " --checkpoint {params.checkpoint} --threads {threads} --device {params.device} > {log} 2>&1"

@@ -1,92 +1,89 @@
-# Report layer: cached logits -> tidy Parquet tables -> figures -> self-contained HTML.
+# Report layer: cached outputs -> tidy Parquet tables -> t-SNE, figures -> self-contained HTML.
+# The tables hold exactly the models this config makes (the ids are passed, never globbed).
 
 
 rule aggregate:
     input:
-        logits=expand("results/predictions/{model}/logits.parquet", model=all_model_ids()),
-        meta=expand("results/models/{model}/model.json", model=all_model_ids()),
-        pretrained=expand("results/models/{model}/history.json", model=pretrained_ids()),
+        logits=[prediction_file(m, "logits.parquet") for m in PLAN.evaluated_ids],
+        costs=[prediction_file(m, "costs.json") for m in PLAN.evaluated_ids],
+        cards=[model_file(m, "model.json") for m in PLAN.evaluated_ids],
+        pretrained=[model_file(m, "history.json") for m in PLAN.ids(stage="pretrain")],
     output:
-        metrics="results/tables/metrics.parquet",
-        history="results/tables/history.parquet",
-        summary="results/tables/summary.parquet",
+        metrics=f"{R}/tables/metrics.parquet",
+        history=f"{R}/tables/history.parquet",
+        summary=f"{R}/tables/summary.parquet",
+    params:
+        models=" ".join(PLAN.evaluated_ids),
+        history=" ".join(PLAN.ids(stage="pretrain")),
+        out=lambda w, output: os.path.dirname(output.metrics),
     log:
-        "results/logs/report/aggregate.log",
+        f"{R}/logs/report/aggregate.log",
     benchmark:
-        "results/benchmarks/report/aggregate.tsv"
+        f"{R}/benchmarks/report/aggregate.tsv"
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report aggregate --models results/models --predictions results/predictions"
-        " --out-dir results/tables > {log} 2>&1"
+        "dlbench report aggregate --results {R} --models {params.models} --history {params.history}"
+        " --out-dir {params.out} > {log} 2>&1"
+
+
+rule tsne:
+    input:
+        [prediction_file(m, "embeddings.parquet") for m in PLAN.tsne_models],
+    output:
+        f"{R}/tables/tsne.parquet",
+    params:
+        models=" ".join(f"{m}={panel}" for m, panel in PLAN.tsne_models.items()),
+    log:
+        f"{R}/logs/report/tsne.log",
+    benchmark:
+        f"{R}/benchmarks/report/tsne.tsv"
+    conda:
+        "../envs/dlbench.yaml"
+    shell:
+        "dlbench report tsne --results {R} --model {params.models} --out {output} > {log} 2>&1"
 
 
 rule figures:
     input:
-        metrics="results/tables/metrics.parquet",
-        history="results/tables/history.parquet",
-        tsne=tsne_files(),
+        metrics=f"{R}/tables/metrics.parquet",
+        history=f"{R}/tables/history.parquet",
+        summary=f"{R}/tables/summary.parquet",
+        tsne=f"{R}/tables/tsne.parquet",
     output:
-        report(
-            "results/figures/id_vs_ood.png",
-            caption="../report/id_vs_ood.rst",
-            category="Supervised baseline",
-        ),
-        report(
-            "results/figures/corruption_severity.png",
-            caption="../report/corruption_severity.rst",
-            category="Supervised baseline",
-        ),
-        report(
-            "results/figures/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Supervised baseline",
-        ),
-        report(
-            "results/figures/ssl_protocols.png",
-            caption="../report/ssl_protocols.rst",
-            category="Self-supervised pretraining",
-        ),
-        report(
-            "results/figures/ssl_collapse.png",
-            caption="../report/ssl_collapse.rst",
-            category="Self-supervised pretraining",
-        ),
-        report(
-            "results/figures/ssl_tsne.png",
-            caption="../report/ssl_tsne.rst",
-            category="Self-supervised pretraining",
-        ),
+        [report(f"{R}/figures/{f.name}", caption=f"../report/{f.name.removesuffix('.png')}.rst", category=s.title)
+         for s, f in all_figures()],
+    params:
+        tables=f"{R}/tables",
+        out=f"{R}/figures",
     log:
-        "results/logs/report/figures.log",
+        f"{R}/logs/report/figures.log",
     benchmark:
-        "results/benchmarks/report/figures.tsv"
+        f"{R}/benchmarks/report/figures.tsv"
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report figures --tables results/tables --tsne results/tsne --out-dir results/figures > {log} 2>&1"
+        "dlbench report figures --tables {params.tables} --out-dir {params.out} > {log} 2>&1"
 
 
 rule report_html:
     input:
-        metrics="results/tables/metrics.parquet",
-        summary="results/tables/summary.parquet",
-        history="results/tables/history.parquet",
-        figures=expand("results/figures/{figure}", figure=FIGURES),
+        metrics=f"{R}/tables/metrics.parquet",
+        summary=f"{R}/tables/summary.parquet",
+        history=f"{R}/tables/history.parquet",
+        figures=[f"{R}/figures/{f}" for f in figure_names()],
     output:
-        report(
-            "results/report.html",
-            caption="../report/report_html.rst",
-            category="Report",
-        ),
+        report(f"{R}/report.html", caption="../report/report_html.rst", category="Report"),
     params:
         config=workflow.configfiles[0] if workflow.configfiles else "config.yaml",
+        tables=f"{R}/tables",
+        figures=f"{R}/figures",
     log:
-        "results/logs/report/html.log",
+        f"{R}/logs/report/html.log",
     benchmark:
-        "results/benchmarks/report/html.tsv"
+        f"{R}/benchmarks/report/html.tsv"
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report html --tables results/tables --figures results/figures --config {params.config}"
+        "dlbench report html --tables {params.tables} --figures {params.figures} --config {params.config}"
         " --out {output} > {log} 2>&1"

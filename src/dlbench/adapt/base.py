@@ -1,80 +1,99 @@
-"""Adaptation protocols: how a pretrained backbone becomes a classifier (registry + shared context).
+"""Adaptation kinds: how a pretrained backbone becomes a classifier (registry + shared context).
 
-One job adapts one pretrained backbone with every configured protocol, because they share
-work: the frozen features of the labeled split are computed once for the linear probe and
-kNN, and LP-FT starts from the linear probe's head. Each protocol still writes its own
-model directory, evaluated by the one evaluate path like any other model.
+Each kind is registered under its config name with its family, its parameters (defaults; an
+unknown key fails at config time), the knobs a sweep may vary, and its *job*:
+
+* ``frozen`` kinds (linear probe, kNN) never change the backbone: all frozen variants of one
+  pretrained backbone run in one job, on one pass of frozen features;
+* ``train`` kinds (fine-tuning, LP-FT ...) run one job per variant, so changing one variant's
+  recipe retrains that variant only, and a crash in one never touches another's model.
+
+A kind with ``of`` starts from another variant's model (LP-FT from a linear probe): that model
+is the job's input and its parent in the lineage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from dlbench.models.backbones import Classifier
+from dlbench.models.backbones import Backbone, Classifier
+from dlbench.models.inference import embed
 from dlbench.registry import Registry
+from dlbench.stage import Labeled
+
+JOBS = ("frozen", "train")
 
 
 @dataclass
 class AdaptContext:
-    """Inputs shared by the protocols of one adapt job."""
+    """Inputs of one adapt job."""
 
-    backbone_state: dict[str, torch.Tensor]  # pretrained backbone weights (fresh copies per protocol)
-    build_backbone: Callable[[], nn.Module]
-    num_classes: int
-    train_images: torch.Tensor  # uint8 N x H x W x C
-    train_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
+    load_backbone: Callable[[], Backbone]  # a fresh copy of the pretrained backbone
+    data: Labeled
     device: torch.device
     seed: int
-    recipe: dict[str, Any]
-    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen features, filled once
-    done: dict[str, Classifier] = field(default_factory=dict)  # models of protocols already run
+    checkpoint: Path | None = None
+    fingerprint: str = ""
+    start: Classifier | None = None  # the ``of`` variant's model (LP-FT: the linear probe)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen features, computed once
 
-    def pretrained_backbone(self) -> nn.Module:
-        backbone = self.build_backbone()
-        backbone.load_state_dict(self.backbone_state)
-        return backbone.to(self.device)
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+    def pretrained_backbone(self) -> Backbone:
+        return self.load_backbone().to(self.device)
 
     def frozen_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Train and val features of the frozen pretrained backbone, computed once per job."""
         if not self.features:
-            from dlbench.pretrain.run import embed
-
             backbone = self.pretrained_backbone()
-            self.features["train"] = embed(backbone, self.train_images, self.device)
-            self.features["val"] = embed(backbone, self.val_images, self.device)
+            self.features["train"] = embed(backbone, self.data.train_x, device=self.device)
+            self.features["val"] = embed(backbone, self.data.val_x, device=self.device)
         return self.features["train"], self.features["val"]
 
 
+RunFn = Callable[[AdaptContext, dict[str, Any]], tuple[Classifier, dict[str, Any]]]
+
+
 @dataclass(frozen=True)
-class Protocol:
+class AdaptKind:
     name: str
-    run: Callable[[AdaptContext, dict[str, Any]], tuple[Classifier, dict[str, Any]]]
-    needs: tuple[str, ...] = ()  # protocols whose result this one starts from
+    family: str  # report grouping: "probe", "finetune", ...
+    job: str  # "frozen" or "train" (see module doc)
+    run: RunFn  # (context, params) -> (classifier, info for the card; "history" and "trainable_params" are lifted)
+    defaults: dict[str, Any]  # every parameter and its default (None where ``required``)
+    required: tuple[str, ...] = ()
+    knobs: dict[str, str] = field(default_factory=dict)  # sweepable name -> dotted path in params
+    of: str | None = None  # kind of the variant this one starts from
     description: str = ""
 
 
-PROTOCOLS: Registry[Protocol] = Registry("adapt protocol")
+KINDS: Registry[AdaptKind] = Registry("adapt kind")
 
 
-def register_protocol(name: str, *, needs: tuple[str, ...] = (), description: str = ""):
-    """Decorator on ``run(ctx, params) -> (classifier, info)``; ``info`` goes into model.json."""
+def register_kind(name: str, *, family: str, job: str, defaults: dict[str, Any], required: tuple[str, ...] = (),
+                  knobs: dict[str, str] | None = None, of: str | None = None,
+                  description: str = "") -> Callable[[RunFn], RunFn]:
+    """Decorator on ``run(ctx, params) -> (classifier, info)``."""
+    if job not in JOBS:
+        raise ValueError(f"adapt kind {name!r}: job must be one of {JOBS}")
 
-    def decorator(fn):
-        PROTOCOLS.add(name, Protocol(name=name, run=fn, needs=needs, description=description))
+    def decorator(fn: RunFn) -> RunFn:
+        KINDS.add(name, AdaptKind(name=name, family=family, job=job, run=fn, defaults=dict(defaults),
+                                  required=tuple(required), knobs=dict(knobs or {}), of=of, description=description))
         return fn
 
     return decorator
 
 
-def load_all() -> Registry[Protocol]:
-    """Import every module of this package (discovery: a new protocol is one new module)."""
+def load_all() -> Registry[AdaptKind]:
+    """Import every module of this package (discovery: a new kind is one new module)."""
     import importlib
     import pkgutil
 
@@ -82,21 +101,4 @@ def load_all() -> Registry[Protocol]:
 
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"dlbench.adapt.{info.name}")
-    return PROTOCOLS
-
-
-def run_order(names: list[str]) -> list[str]:
-    """Protocols in dependency order; a needed protocol that was not requested runs too (not saved)."""
-    protocols = load_all()
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        for dep in protocols.get(name).needs:
-            visit(dep)
-        order.append(name)
-
-    for name in names:
-        visit(name)
-    return order
+    return KINDS

@@ -1,93 +1,61 @@
-"""The ``adapt`` stage: one pretrained backbone -> one classifier per configured protocol (+ t-SNE)."""
+"""The ``adapt`` stage: a pretrained backbone (or an ``of`` model) -> one classifier per variant.
+
+One call runs either every frozen variant of one backbone (they share one feature pass) or one
+trained variant. Each variant writes its own model directory; its parent is the pretrained
+backbone, or the model of the variant it starts from (LP-FT: the linear probe).
+"""
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
-from dlbench.adapt.base import AdaptContext, load_all, run_order
-from dlbench.data.loader import balanced_subset, dataset_meta, labeled_splits, load_tensors
-from dlbench.io import atomic_path, write_json
-from dlbench.models.backbones import build_backbone
-from dlbench.models.checkpoint import load_backbone, save_model
-from dlbench.provenance import provenance
-from dlbench.train.engine import pick_device, remove_checkpoint
-from dlbench.train.supervised import model_id
+from dlbench.adapt.base import AdaptContext, load_all
+from dlbench.device import pick_device
+from dlbench.models.checkpoint import load_backbone, load_model
+from dlbench.stage import fingerprint, load_labeled, write_model
+from dlbench.train.engine import remove_checkpoint
 
 
-def tsne_frame(features: torch.Tensor, labels: torch.Tensor, stage: str, seed: int) -> pd.DataFrame:
-    from sklearn.manifold import TSNE
+def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str | Path, out_dirs: list[str | Path],
+          checkpoint_dir: str | Path | None = None, device: str = "auto",
+          log=lambda s: print(s, file=sys.stderr, flush=True)) -> list[dict[str, Any]]:
+    """Run each variant recipe on the model in ``source_dir`` and write it to the matching ``out_dirs`` entry.
 
-    xy = TSNE(n_components=2, perplexity=min(30.0, (len(features) - 1) / 3), init="pca", random_state=seed,
-              max_iter=500).fit_transform(features.double().numpy())
-    return pd.DataFrame({"x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32),
-                         "label": labels.numpy().astype(np.int64), "stage": stage})
-
-
-def adapt(recipe: dict[str, Any], pretrained_dir: str | Path, data_root: str | Path, out_dirs: dict[str, str],
-          tsne_out: str | Path | None = None, device: str = "auto",
-          log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, dict[str, Any]]:
-    """Run every protocol of ``out_dirs`` (name -> model dir) on the backbone in ``pretrained_dir``."""
-    from dlbench.pretrain.run import embed
-
+    ``source_dir`` is the pretrained backbone, or for a kind with ``of`` the model it starts from.
+    """
+    if len(recipes) != len(out_dirs):
+        raise ValueError(f"{len(recipes)} recipes but {len(out_dirs)} output directories")
+    kinds = load_all()
     dev = pick_device(device)
-    protocols = load_all()
-    backbone, parent = load_backbone(pretrained_dir)
-    meta = dataset_meta(data_root, recipe["dataset"])
-    train_x, train_y, val_x, val_y = labeled_splits(data_root, recipe["dataset"], recipe["train_split"],
-                                                    recipe.get("val_split"))
-    ctx = AdaptContext(backbone_state=backbone.state_dict(), build_backbone=lambda: build_backbone(parent["backbone_spec"]),
-                       num_classes=len(meta["classes"]), train_images=train_x, train_labels=train_y,
-                       val_images=val_x, val_labels=val_y, device=dev, seed=int(recipe["seed"]), recipe=recipe)
-    results = {}
-    for name in run_order(list(out_dirs)):
-        params = (recipe.get("protocols") or {}).get(name, {})
+    data = load_labeled(data_root, recipes[0])
+    cards = []
+    shared: dict[str, torch.Tensor] = {}  # frozen features of the job's backbone, shared by its variants
+    for recipe, out in zip(recipes, out_dirs):
+        kind = kinds.get(recipe["kind"])
+        if kind.of:
+            start, parent = load_model(source_dir)
+            start_backbone = start.backbone
+        else:
+            start, (start_backbone, parent) = None, load_backbone(source_dir)
+        ckpt = Path(checkpoint_dir) / f"{recipe['variant']}.pt" if checkpoint_dir else None
+        ctx = AdaptContext(load_backbone=lambda b=start_backbone: copy.deepcopy(b), data=data, device=dev,
+                           seed=int(recipe["seed"]), checkpoint=ckpt, fingerprint=fingerprint(recipe),
+                           start=None if start is None else start.to(dev), features=shared)
+        log(f"adapt {parent['id']} with variant {recipe['variant']!r} (kind {kind.name})")
         torch.manual_seed(ctx.seed)
         t0 = time.perf_counter()
-        log(f"adapt {parent['model_id']} with protocol {name!r}")
-        model, info = protocols.get(name).run(ctx, params)
-        seconds = time.perf_counter() - t0
-        ctx.done[name] = model
-        if name not in out_dirs:
-            continue
+        model, info = kind.run(ctx, recipe["params"])
         history = info.pop("history", None)
-        checkpoint = info.pop("checkpoint", None)
-        out = Path(out_dirs[name])
-        model_meta = {
-            "model_id": model_id({**recipe, "adapt": name}),
-            "recipe": {**recipe, "adapt": name, "params": params},
-            "parts": {**parent["parts"], "adapt": name},
-            "parent": parent["model_id"],
-            "backbone_spec": parent["backbone_spec"],
-            "num_classes": ctx.num_classes,
-            "classes": meta["classes"],
-            "input_size": parent["input_size"],
-            "head": info.pop("head"),
-            "adapt_info": info,
-            "adapt_seconds": seconds,
-            "train_seconds": float(parent.get("train_seconds", 0.0)) + seconds,  # pretraining + adaptation
-            "provenance": provenance(recipe["dataset"]),
-        }
-        if history is not None:
-            write_json(out / "history.json", history)
-        save_model(out, model.cpu(), model_meta)
-        model.to(dev)
-        remove_checkpoint(Path(checkpoint) if checkpoint else None)
-        results[name] = model_meta
-        log(f"  {name}: {seconds:.1f}s")
-    if tsne_out is not None:
-        test_x, test_y, _ = load_tensors(data_root, recipe["dataset"], recipe.get("tsne_split", "test"))
-        idx = balanced_subset(test_y, int(recipe.get("tsne_points", 500)))
-        frames = [tsne_frame(embed(ctx.pretrained_backbone(), test_x[idx], dev), test_y[idx], "pretrained", ctx.seed)]
-        if "finetune" in ctx.done:
-            frames.append(tsne_frame(embed(ctx.done["finetune"].backbone, test_x[idx], dev), test_y[idx], "finetuned",
-                                     ctx.seed))
-        with atomic_path(tsne_out) as tmp:
-            pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
-    return results
+        seconds = sum(h.get("seconds", 0.0) for h in history) if history else time.perf_counter() - t0
+        cards.append(write_model(out, model, recipe=recipe, kind=kind.name, family=kind.family, stage="adapt",
+                                 classes=data.classes, parents=[parent], history=history, train_seconds=seconds,
+                                 trainable_params=info.pop("trainable_params", None), info=info))
+        remove_checkpoint(ckpt)
+        log(f"  {recipe['variant']}: {seconds:.1f}s")
+    return cards

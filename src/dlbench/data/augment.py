@@ -3,7 +3,8 @@
 Per-sample PIL/torchvision pipelines cost a Python round trip per image; here random
 resized crop + horizontal flip are one ``affine_grid``/``grid_sample`` over the batch and
 colour jitter is a few broadcast ops, all driven by an explicit ``torch.Generator`` so the
-same seed gives the same augmented batch.
+same seed gives the same augmented batch. Normalisation is not here: it belongs to the model
+(``dlbench.models.backbones.Backbone``), which knows its own statistics.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -97,12 +95,6 @@ def to_float(images_uint8_nhwc: torch.Tensor, device: torch.device | str | None 
     """uint8 N x H x W x C -> float N x C x H x W in [0, 1] on ``device`` (transfer as uint8: 4x less)."""
     x = images_uint8_nhwc.to(device, non_blocking=True) if device is not None else images_uint8_nhwc
     return x.permute(0, 3, 1, 2).float().div_(255)
-
-
-def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

@@ -13,15 +13,19 @@ stored, and it is reproducible: all randomness comes from one CPU ``torch.Genera
 from ``(seed, name, severity)`` and random tensors are drawn on the CPU and then moved, so CPU
 and GPU give the same result up to float error.
 
-Checked against the reference: ``pixelate`` and ``jpeg_compression`` are byte-identical to
-PIL, ``zoom_blur`` and the Gaussian filters agree with scipy to float error, ``glass_blur``'s
-shuffle is the reference's swap loop. Deviations (all small, see each function's docstring):
+The target is the published data, i.e. what the reference script did when it ran, not what
+its code seems to intend. Checked against the reference: ``pixelate`` and ``jpeg_compression``
+are byte-identical to PIL, ``zoom_blur`` and the Gaussian filters agree with scipy to float
+error, and ``glass_blur``'s shuffle gives exactly the reference loop's result for the same
+displacements, including its quirk: the loop's "swap" assigns numpy views, which copies
+(numpy issue 14428), so each pixel takes a neighbour's value and the neighbour keeps it.
+Output is quantised by truncation, as the reference's final ``np.uint8(...)``. Deviations
+(all small, see each function's docstring):
 
-* output is quantised with rounding; the reference's ``np.uint8(...)`` truncates;
 * random numbers come from torch, not numpy's global RNG, so no image is byte-identical
   to the published CIFAR-10-C files (the distributions are the same);
-* ``glass_blur`` keeps the reference's sequential swap order, but runs it on a pixel-index
-  permutation for all images of a batch at once;
+* truncation counts a value less than 1e-4 of a step below an integer as that integer (a
+  guard against float32 error on exact ``k / 255`` values, see ``_quantize``);
 * ``motion_blur``/``snow`` use a torch port of ImageMagick's ``MotionBlurImage`` kernel
   (ImageMagick itself is not used);
 * ``defocus_blur`` and ``elastic_transform`` use float arithmetic where OpenCV uses
@@ -118,9 +122,20 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int, batch_siz
     out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].contiguous().to(torch.float32).div_(255.0)
-        y = fn(x, severity, gen)
-        out[start:start + batch_size] = y.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        out[start:start + batch_size] = _quantize(fn(x, severity, gen))
     return out
+
+
+def _quantize(y: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] -> uint8 by truncation, as the reference's final ``np.uint8(corruption(...))``.
+
+    Plain truncation would turn exact outputs (JPEG, pixelate, unchanged pixels: ``k / 255``
+    in float32) into ``k - 1`` wherever float error puts ``y * 255`` a hair below ``k``, so
+    1e-4 is added first: float32 error at 255 is ~3e-5, and only a value within 1e-4 of a
+    step below an integer is moved. Computed in float64 on the CPU (MPS has no float64), so
+    every device quantises the same floats identically. Returns a CPU tensor.
+    """
+    return torch.floor(y.detach().to("cpu", torch.float64) * 255.0 + 1e-4).clamp_(0, 255).to(torch.uint8)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -348,41 +363,51 @@ def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.
     return _correlate(x, _disk(radius, alias_blur), "mirror").clamp_(0, 1)
 
 
+def _glass_shuffle(x: torch.Tensor, d: np.ndarray, delta: int) -> torch.Tensor:
+    """The reference's glass-blur pixel loop on N x C x H x W ``x``, with given displacements.
+
+    ``d`` is iterations x steps x 2 x N: ``(dx, dy)`` per pass, per step and per image, in the
+    reference's order, pixels ``(h, w)`` from ``(H - delta, W - delta)`` down to
+    ``(delta + 1, delta + 1)``, row by row. The reference's line
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` looks like a swap, but its right-hand side
+    holds views of the H x W x 3 array, so it copies (numpy issue 14428): ``(h, w)`` takes
+    the value ``(h', w')`` holds at that moment (which may already have been overwritten in
+    this pass, if the displacement points to a processed pixel) and ``(h', w')`` keeps it.
+    The published data was made that way; a true swap lets pixels travel further and makes
+    the corruption 15-56% stronger. The copies run once per batch on a pixel-index table
+    (``src[p] = src[q]``), then one ``gather`` applies it to every image.
+    """
+    n, c, h, w = x.shape
+    targets = np.array([hh * w + ww for hh in range(h - delta, delta, -1) for ww in range(w - delta, delta, -1)],
+                       dtype=np.int64)
+    if d.shape[1:] != (len(targets), 2, n):
+        raise ValueError(f"displacements must be iterations x {len(targets)} x 2 x {n}, got {d.shape}")
+    src = np.repeat(np.arange(h * w, dtype=np.int64)[:, None], n, axis=1)  # src[p, i]: where image i's p comes from
+    images = np.arange(n)
+    for moves in d.astype(np.int64):  # one pass
+        reads = targets[:, None] + moves[:, 1] * w + moves[:, 0]  # steps x N
+        for p, q in zip(targets, reads):
+            src[p] = src[q, images]
+    idx = torch.from_numpy(np.ascontiguousarray(src.T)).to(x.device)
+    return x.reshape(n, c, h * w).gather(2, idx[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
+
+
 @_register("glass_blur")
 def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """Gaussian blur, local pixel shuffling, Gaussian blur again.
+    """Gaussian blur, local pixel shuffling (``_glass_shuffle``), Gaussian blur again.
 
-    Batched version of the reference's sequential swap loop: for ``iterations`` passes, every
-    pixel ``(h, w)`` from the bottom-right corner to ``(delta + 1, delta + 1)`` swaps with
-    ``(h + dy, w + dx)``, ``dx, dy`` uniform in ``[-delta, delta)`` (numpy's ``randint``
-    excludes the top, so with delta 1 pixels only swap up/left). The loop is run once per
-    batch on a pixel-index permutation with one random displacement per image, and the
-    permutation is then applied to all images with one ``gather``. The intermediate 8-bit
-    truncation of the reference is kept. Blur: skimage ``gaussian`` (mode 'nearest', truncate 4).
+    Displacements ``dx, dy`` are uniform in ``[-delta, delta)`` (numpy's ``randint`` excludes
+    the top, so with delta 1 pixels only read from up/left), one per image and pixel. The
+    intermediate 8-bit truncation of the reference is kept. Blur: skimage ``gaussian`` (mode
+    'nearest', truncate 4).
     """
     sigma, delta, iterations = _level([(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)], severity)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     y = _gaussian_filter(x, sigma, "nearest").clamp(0, 1)
     y = torch.floor(y * 255.0 + 1e-3).div_(255.0)  # np.uint8(... * 255)
-    hs, ws = range(h - delta, delta, -1), range(w - delta, delta, -1)
-    steps = len(hs) * len(ws)
-    if steps > 0 and n > 0:
-        d = torch.randint(-delta, delta, (iterations, steps, 2, n), generator=gen).numpy()
-        perm = np.repeat(np.arange(h * w, dtype=np.int64)[:, None], n, axis=1)  # perm[p, i]: source pixel at p
-        images = np.arange(n)
-        for it in range(iterations):
-            k = 0
-            for hh in hs:
-                for ww in ws:
-                    p = hh * w + ww
-                    q = p + d[it, k, 1] * w + d[it, k, 0]
-                    k += 1
-                    here = perm[p].copy()
-                    perm[p] = perm[q, images]
-                    perm[q, images] = here
-        idx = torch.from_numpy(np.ascontiguousarray(perm.T)).to(x.device)
-        y = y.reshape(n, c, h * w).gather(2, idx[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
-    return _gaussian_filter(y, sigma, "nearest").clamp_(0, 1)
+    steps = max(h - 2 * delta, 0) * max(w - 2 * delta, 0)
+    d = torch.randint(-delta, delta, (iterations, steps, 2, n), generator=gen).numpy()
+    return _gaussian_filter(_glass_shuffle(y, d, delta), sigma, "nearest").clamp_(0, 1)
 
 
 @_register("motion_blur")

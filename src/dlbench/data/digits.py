@@ -29,7 +29,8 @@ def _upsample(images8: np.ndarray) -> np.ndarray:
     return x.repeat(1, 3, 1, 1).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-@register_dataset("digits", offline=True, description="scikit-learn handwritten digits, 10 classes, upsampled to 32x32")
+@register_dataset("digits", offline=True, description="scikit-learn handwritten digits, 10 classes, upsampled to 32x32",
+                  splits={"train": 1097, "val": 200, "test": 500}, image_size=32)
 def build(out: Path, raw_dir: Path | None = None) -> None:
     from sklearn.datasets import load_digits
 

@@ -296,14 +296,16 @@ def _build_cifar(out: Path, raw_dir: Path | None, name: str, spec: RawFile, trai
     w.finish(classes, [spec.url], CIFAR_LICENSE, 32)
 
 
-@register_dataset("cifar10", offline=False, description="CIFAR-10 (binary release), plus its test set in STL-10 labels")
+@register_dataset("cifar10", offline=False, description="CIFAR-10 (binary release), plus its test set in STL-10 labels",
+                  splits={"train": 50000, "test": 10000, "test_stl10": 9000}, image_size=32)
 def build_cifar10(out: Path, raw_dir: Path | None = None) -> None:
     """train 50000, test 10000 (id), test_stl10: the test set in STL-10's label space (frog scored as monkey)."""
     _build_cifar(out, raw_dir, "cifar10", CIFAR10_BIN, [f"data_batch_{i}.bin" for i in range(1, 6)],
                  "test_batch.bin", "batches.meta.txt", label_bytes=1)
 
 
-@register_dataset("cifar100", offline=False, description="CIFAR-100 (binary release), 100 fine classes")
+@register_dataset("cifar100", offline=False, description="CIFAR-100 (binary release), 100 fine classes",
+                  splits={"train": 50000, "test": 10000}, image_size=32)
 def build_cifar100(out: Path, raw_dir: Path | None = None) -> None:
     """train 50000, test 10000 (id), fine labels and fine class names."""
     _build_cifar(out, raw_dir, "cifar100", CIFAR100_BIN, ["train.bin"], "test.bin", "fine_label_names.txt",
@@ -311,7 +313,9 @@ def build_cifar100(out: Path, raw_dir: Path | None = None) -> None:
 
 
 @register_dataset("stl10", offline=False,
-                  description="STL-10 (binary release) at 96x96, plus its test set in CIFAR-10 labels")
+                  description="STL-10 (binary release) at 96x96, plus its test set in CIFAR-10 labels",
+                  splits={"train": 5000, "test": 8000, "unlabeled": 100000, "test_cifar10": 7200},
+                  image_size=96)
 def build_stl10(out: Path, raw_dir: Path | None = None) -> None:
     """train 5000, test 8000, unlabeled 100000 (label -1), test_cifar10 (monkey scored as frog).
 
@@ -347,7 +351,8 @@ def build_stl10(out: Path, raw_dir: Path | None = None) -> None:
     w.finish(STL10_CLASSES, [STL10_BIN.url], "no license stated; cite Coates, Lee & Ng (AISTATS 2011)", 96)
 
 
-@register_dataset("cifar10_1", offline=False, description="CIFAR-10.1 v6: 2000 new test images in CIFAR-10 labels")
+@register_dataset("cifar10_1", offline=False, description="CIFAR-10.1 v6: 2000 new test images in CIFAR-10 labels",
+                  splits={"test": 2000}, image_size=32)
 def build_cifar10_1(out: Path, raw_dir: Path | None = None) -> None:
     """test 2000 (natural shift, CIFAR-10 label space) from the two v6 .npy files."""
     raw, arrays = _raw_dir("cifar10_1", raw_dir), []
@@ -361,7 +366,8 @@ def build_cifar10_1(out: Path, raw_dir: Path | None = None) -> None:
              "MIT (github.com/modestyachts/CIFAR-10.1); images from 80 Million Tiny Images", 32)
 
 
-@register_dataset("cifar10_2", offline=False, description="CIFAR-10.2: 2000 new test images in CIFAR-10 labels")
+@register_dataset("cifar10_2", offline=False, description="CIFAR-10.2: 2000 new test images in CIFAR-10 labels",
+                  splits={"test": 2000}, image_size=32)
 def build_cifar10_2(out: Path, raw_dir: Path | None = None) -> None:
     """test 2000 (natural shift, CIFAR-10 label space) from ``cifar102_test.npz`` (images N x 32 x 32 x 3)."""
     path = fetch(_raw_dir("cifar10_2", raw_dir), CIFAR10_2_TEST)
@@ -378,7 +384,8 @@ def build_cifar10_2(out: Path, raw_dir: Path | None = None) -> None:
              "no license stated (github.com/modestyachts/cifar-10.2); images from 80 Million Tiny Images", 32)
 
 
-@register_dataset("cifar10_c", offline=False, description="CIFAR-10-C: every corruption x severity 1..5")
+@register_dataset("cifar10_c", offline=False, description="CIFAR-10-C: every corruption x severity 1..5",
+                  splits=None, image_size=32)
 def build_cifar10_c(out: Path, raw_dir: Path | None = None) -> None:
     """One split ``<corruption>-<severity>`` per corruption .npy in the archive.
 

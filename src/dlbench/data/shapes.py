@@ -219,7 +219,8 @@ def render_split(n: int, seed: int, style: bool = False) -> tuple[np.ndarray, np
     return images, labels.astype(np.int64), captions
 
 
-@register_dataset("shapes", offline=True, description="procedural 32x32 shapes, 10 classes, style-shift OOD split")
+@register_dataset("shapes", offline=True, description="procedural 32x32 shapes, 10 classes, style-shift OOD split",
+                  splits=SPLIT_SIZES, image_size=SIZE)
 def build(out: Path, raw_dir: Path | None = None, sizes: dict[str, int] | None = None) -> None:
     sizes = {**SPLIT_SIZES, **(sizes or {})}
     out.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,33 @@
-"""The one evaluation path: a model x an eval split -> cached logits (Parquet), run exactly once.
+"""The one evaluation path: models x eval splits -> cached logits, costs and embeddings, run once.
 
-An eval split is named ``NAME=DATASET:SPLIT`` or, for a corruption computed on the fly from
-a clean split, ``NAME=DATASET:SPLIT:CORRUPTION:SEVERITY``. Logits are written with the
-labels and the split's shift tags (Parquet key-value metadata), so every metric, ensemble
-and figure downstream is computed from these files without touching a network again.
+An eval split is named ``NAME=DATASET:SPLIT`` or, for the computed corruption suite,
+``NAME=DATASET:SPLIT:CORRUPTION:SEVERITY[:MAX_IMAGES]``; corrupted splits are read from the
+cache that rule ``corruptions`` wrote (``corrupted_root``), or computed here when there is none
+(by-hand use). Evaluation is method-blind: it loads any model directory with ``load_model`` and
+runs it through the one batched-inference function. Several models in one call share the
+loading of each split (the frozen-feature variants of one backbone are evaluated together).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from dlbench.data.augment import normalize
+from dlbench.data.corrupted import split_name
 from dlbench.data.loader import balanced_subset, load_tensors
-from dlbench.io import atomic_path, write_json
+from dlbench.device import pick_device
+from dlbench.evaluate.outputs import write_embeddings, write_logits
+from dlbench.io import write_json
+from dlbench.models.checkpoint import WEIGHTS, load_model
+from dlbench.models.inference import embed, predict_logits
+
+STATISTICS_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
@@ -54,72 +59,33 @@ class EvalSplit:
         return f"{self.name}={self.dataset}:{self.split}{tail}"
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu",
-                   batch_size: int = 512, input_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """float32 logits for uint8 N x H x W x C images, resized to ``input_size`` when it differs."""
-    model.eval()
-    device = torch.device(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device).permute(0, 3, 1, 2).float().div_(255)
-        if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
-            x = F.interpolate(x, size=tuple(input_size), mode="bilinear", antialias=True, align_corners=False)
-        with amp:
-            out.append(model(normalize(x)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+def split_images(data_root: str | Path, spec: EvalSplit, corrupted_root: str | Path | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Load one eval split: a stored split, a cached corruption, or (no cache) a corruption computed here."""
+    if spec.corruption and corrupted_root is not None:
+        images, labels, split = load_tensors(corrupted_root, spec.dataset,
+                                             split_name(spec.split, spec.corruption, spec.severity))
+    else:
+        images, labels, split = load_tensors(data_root, spec.dataset, spec.split)
+        if spec.corruption:
+            from dlbench.data.corruptions import corrupt
 
-
-def split_images(data_root: str | Path, spec: EvalSplit, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Load (and, for on-the-fly corruptions, corrupt deterministically) one eval split."""
-    images, labels, split = load_tensors(data_root, spec.dataset, spec.split)
+            if spec.max_images and spec.max_images < len(labels):
+                keep = balanced_subset(labels, spec.max_images)
+                images, labels = images[keep], labels[keep]
+            images = corrupt(images.permute(0, 3, 1, 2), spec.corruption, int(spec.severity),
+                             seed=seed).permute(0, 2, 3, 1).contiguous()
     info = {"dataset": spec.dataset, "source_split": spec.split, "shift": split.info.get("shift", "id"),
             "corruption": split.info.get("corruption"), "severity": split.info.get("severity")}
     if spec.corruption:
-        from dlbench.data.corruptions import corrupt
-
-        if spec.max_images and spec.max_images < len(labels):
-            keep = balanced_subset(labels, spec.max_images)
-            images, labels = images[keep], labels[keep]
-
-        nchw = corrupt(images.permute(0, 3, 1, 2), spec.corruption, int(spec.severity), seed=seed)
-        images = nchw.permute(0, 2, 3, 1).contiguous()
         info.update(shift="corruption", corruption=spec.corruption, severity=int(spec.severity))
     if (labels < 0).any():
         raise ValueError(f"eval split {spec}: has unlabeled images")
     return images, labels, info
 
 
-def write_logits(path: str | Path, results: list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]) -> None:
-    """One Parquet per model: columns ``split``, ``label``, ``logit_<c>``; split tags in the metadata."""
-    splits = [np.full(len(labels), name) for name, _, labels, _ in results]
-    logits = np.concatenate([r[1] for r in results]).astype(np.float32)
-    cols: dict[str, pa.Array] = {
-        "split": pa.array(np.concatenate(splits)).dictionary_encode(),
-        "label": pa.array(np.concatenate([r[2] for r in results]).astype(np.int64)),
-    }
-    for c in range(logits.shape[1]):
-        cols[f"logit_{c}"] = pa.array(logits[:, c])
-    info = {name: meta for name, _, _, meta in results}
-    table = pa.table(cols).replace_schema_metadata({"dlbench_splits": json.dumps(info, sort_keys=True)})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_logits(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """``{split: (logits N x K, labels N, tags)}`` from a file written by ``write_logits``."""
-    table = pq.read_table(path)
-    info = json.loads((table.schema.metadata or {}).get(b"dlbench_splits", b"{}"))
-    names = sorted((n for n in table.column_names if n.startswith("logit_")), key=lambda n: int(n.split("_")[1]))
-    logits = np.stack([table.column(n).to_numpy() for n in names], axis=1)
-    labels = table.column("label").to_numpy()
-    split_col = np.asarray(table.column("split").to_pylist())
-    return {name: (logits[split_col == name], labels[split_col == name], tags) for name, tags in info.items()}
-
-
 @torch.no_grad()
-def measure_latency(model: torch.nn.Module, input_size: tuple[int, int], device: torch.device,
+def measure_latency(model: nn.Module, input_size: tuple[int, int], device: torch.device,
                     repeats: int = 30, batch: int = 1) -> float:
     """Median forward time in ms for one batch of ``batch`` images (after warm-up)."""
     x = torch.rand(batch, 3, *input_size, device=device)
@@ -137,43 +103,55 @@ def measure_latency(model: torch.nn.Module, input_size: tuple[int, int], device:
     return float(np.median(times))
 
 
-def model_costs(model: torch.nn.Module, model_dir: Path, meta: dict[str, Any], dev: torch.device) -> dict[str, Any]:
-    from dlbench.models.checkpoint import WEIGHTS
+def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every tensor that is part of the model's weights: parameters and persistent buffers (a kNN bank,
+    packed quantized weights), but not batch-norm statistics."""
+    names = {n for n, _ in model.named_buffers()}
+    state = model.state_dict()
+    return [t for k, t in state.items() if k not in names or not k.endswith(STATISTICS_BUFFERS)]
 
-    params = sum(p.numel() for p in model.parameters())  # a kNN bank is a buffer: it shows in size_bytes
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    return {"params": int(params), "nonzero_params": int(nonzero),
+
+def model_costs(model: nn.Module, model_dir: Path, card: dict[str, Any], dev: torch.device,
+                repeats: int = 30) -> dict[str, Any]:
+    tensors = weight_tensors(model)
+    return {"params": int(sum(t.numel() for t in tensors)),
+            "trainable_params": card.get("trainable_params"),
+            "nonzero_params": int(sum(int((t != 0).sum()) for t in tensors)),
             "size_bytes": Path(model_dir, WEIGHTS).stat().st_size,
-            "latency_ms": measure_latency(model, tuple(meta["input_size"]), dev), "latency_device": str(dev),
-            "train_seconds": float(meta.get("train_seconds", 0.0))}
+            "latency_ms": measure_latency(model, tuple(model.input_size), dev, repeats=repeats),
+            "latency_device": str(dev), "train_seconds": float(card.get("total_train_seconds", 0.0))}
 
 
-def evaluate_models(jobs: list[tuple[str | Path, str | Path, str | Path]], splits: list[EvalSplit],
-                    data_root: str | Path, device: str = "auto", seed: int = 0) -> list[dict[str, Any]]:
-    """For each ``(model_dir, logits_out, costs_out)``: every split's logits (one Parquet) and the costs.
+@dataclass(frozen=True)
+class EvalJob:
+    model_dir: Path
+    logits: Path
+    costs: Path
+    embeddings: Path | None = None
 
-    Several models in one call share the loading (and, for corruptions, the computing) of each
-    eval split, which is most of the cost for small models; each model's files are the same as
-    when it is evaluated alone.
-    """
-    from dlbench.models.checkpoint import load_model
-    from dlbench.train.engine import pick_device
 
+def evaluate_models(jobs: list[EvalJob], splits: list[EvalSplit], data_root: str | Path, *,
+                    corrupted_root: str | Path | None = None, embedding_split: str | None = None,
+                    embedding_points: int = 300, device: str = "auto", latency_repeats: int = 30,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """For each job: every split's logits (one Parquet), the costs, and the embeddings of a fixed
+    class-balanced subset of ``embedding_split`` (``DATASET:SPLIT``). A model's files are the same
+    whether it is evaluated alone or with others."""
     dev = pick_device(device)
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate eval split names in {names}")
     models = []
-    for model_dir, _, _ in jobs:
-        model, meta = load_model(model_dir)
-        models.append((model.to(dev).to(memory_format=torch.channels_last), meta))
+    for job in jobs:
+        model, card = load_model(job.model_dir)
+        models.append((model.to(dev).to(memory_format=torch.channels_last), card))
     results: list[list] = [[] for _ in jobs]
     for i, spec in enumerate(splits):
         t0 = time.perf_counter()
-        images, labels, info = split_images(data_root, spec, seed=seed)
+        images, labels, info = split_images(data_root, spec, corrupted_root, seed=seed)
         accs = []
-        for (model, meta), res in zip(models, results):
-            logits = predict_logits(model, images, device=dev, input_size=tuple(meta["input_size"])).numpy()
+        for (model, _), res in zip(models, results):
+            logits = predict_logits(model, images, device=dev).numpy()
             if logits.shape[1] <= int(labels.max()):
                 raise ValueError(f"eval split {spec}: label {int(labels.max())} outside the model's "
                                  f"{logits.shape[1]} classes")
@@ -181,16 +159,19 @@ def evaluate_models(jobs: list[tuple[str | Path, str | Path, str | Path]], split
             accs.append(float((logits.argmax(1) == labels.numpy()).mean()))
         print(f"[{i + 1}/{len(splits)}] {spec.name}: n={len(labels)} acc={' '.join(f'{a:.4f}' for a in accs)} "
               f"({time.perf_counter() - t0:.1f}s)", flush=True)
-    all_costs = []
-    for (model_dir, out, costs_out), (model, meta), res in zip(jobs, models, results):
-        write_logits(out, res)
-        costs = model_costs(model, Path(model_dir), meta, dev)
-        write_json(costs_out, costs)
-        all_costs.append(costs)
-    return all_costs
-
-
-def evaluate_model(model_dir: str | Path, splits: list[EvalSplit], data_root: str | Path, out: str | Path,
-                   costs_out: str | Path, device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Write all splits' logits to ``out`` (one Parquet) and the model's costs to ``costs_out``."""
-    return evaluate_models([(model_dir, out, costs_out)], splits, data_root, device=device, seed=seed)[0]
+    if embedding_split and any(j.embeddings for j in jobs):
+        dataset, split = embedding_split.split(":")
+        images, labels, _ = load_tensors(data_root, dataset, split)
+        keep = balanced_subset(labels, embedding_points)
+        images, labels = images[keep], labels[keep]
+    out = []
+    for job, (model, card), res in zip(jobs, models, results):
+        classes = card["model"].get("classes") or []
+        write_logits(job.logits, res, classes)
+        if job.embeddings is not None and embedding_split:
+            feats = embed(model.backbone, images, device=dev).numpy()
+            write_embeddings(job.embeddings, feats, labels.numpy(), classes, embedding_split)
+        costs = model_costs(model, job.model_dir, card, dev, latency_repeats)
+        write_json(job.costs, costs)
+        out.append(costs)
+    return out

@@ -1,4 +1,7 @@
-"""Classifier heads beyond the linear one, rebuilt from the ``head`` entry of ``model.json``.
+"""Classifier heads, a registry keyed by the ``kind`` in a model card's ``model.head`` entry.
+
+``linear`` is ``nn.Linear``; ``knn`` is :class:`KNNHead`. A head module may define ``spec()``
+(the card entry it is rebuilt from); ``head_spec`` falls back to ``{"kind": "linear"}``.
 
 ``KNNHead`` makes a kNN classifier a model like any other: its memory bank (l2-normalised
 train features) and labels are buffers saved in safetensors, and its output is the log of
@@ -8,11 +11,14 @@ accuracy, NLL, ECE and Brier from it unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dlbench.registry import Registry
 
 
 def knn_vote_probs(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
@@ -59,11 +65,23 @@ class KNNHead(nn.Module):
         return probs.clamp_min(1e-6).log()
 
 
+HeadBuilder = Callable[[dict[str, Any], int, int], nn.Module]  # (spec, feature dim, classes) -> head
+HEADS: Registry[HeadBuilder] = Registry("head kind")
+HEADS.add("linear", lambda spec, dim, num_classes: nn.Linear(dim, num_classes))
+HEADS.add("knn", lambda spec, dim, num_classes: KNNHead(dim, int(spec["bank_size"]), num_classes, int(spec["k"]),
+                                                         float(spec["temperature"])))
+
+
 def build_head(spec: dict[str, Any] | None, dim: int, num_classes: int) -> nn.Module:
-    """The head described by ``model.json``'s ``head`` entry (default: linear)."""
-    kind = (spec or {}).get("kind", "linear")
-    if kind == "linear":
-        return nn.Linear(dim, num_classes)
-    if kind == "knn":
-        return KNNHead(dim, int(spec["bank_size"]), num_classes, int(spec["k"]), float(spec["temperature"]))
-    raise ValueError(f"unknown head kind {kind!r} in model.json (known: linear, knn)")
+    """The head a card's ``model.head`` entry describes (default: linear)."""
+    spec = spec or {"kind": "linear"}
+    return HEADS.get(spec.get("kind", "linear"))(spec, dim, num_classes)
+
+
+def head_spec(head: nn.Module) -> dict[str, Any]:
+    """The card entry of a live head: its own ``spec()``, or linear for ``nn.Linear``."""
+    if hasattr(head, "spec"):
+        return head.spec()
+    if isinstance(head, nn.Linear):
+        return {"kind": "linear"}
+    raise TypeError(f"head {type(head).__name__} has no spec(); register it in dlbench.models.heads.HEADS")

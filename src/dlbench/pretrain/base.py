@@ -1,7 +1,8 @@
 """What every self-supervised method shares: its registry, its inputs and its base class.
 
 A method is one class in the module of its family (``pretext``, ``contrastive``,
-``distillation``, ``masked``), registered under its config name with ``@register_method``.
+``self_distillation``, ``masked``), registered under its config name (its *kind*) with
+``@register_method``.
 It is an engine ``Objective``: the engine owns batching, optimiser, schedule, AMP,
 checkpoints and history; the method owns its heads, its views and its loss. Its
 ``model`` is one ``nn.Module`` holding the backbone and every head and buffer (momentum
@@ -17,16 +18,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dlbench.data.augment import normalize
+from dlbench.models.backbones import Backbone
 from dlbench.pretrain.views import ViewConfig
 from dlbench.registry import Registry
+from dlbench.train.engine import Batch
 
 
 @dataclass
 class PretrainSetup:
     """Everything a method may need, built by the pretrain runner."""
 
-    backbone: nn.Module  # headless timm model: forward(normalised x) -> N x backbone.num_features
+    backbone: Backbone  # forward(x in [0, 1]) -> N x backbone.num_features; normalises itself
     backbone_spec: dict[str, Any]
     params: dict[str, Any]  # the method's hyper-parameters: its ``defaults`` updated by config
     views: ViewConfig
@@ -43,6 +45,7 @@ class PretrainMethod:
 
     Optional hooks the engine calls when present: ``after_step(step, total_steps)`` (momentum
     updates, temperature schedules) and ``before_epoch(epoch, generator)`` (re-clustering).
+    ``knobs`` maps the names a sweep may vary to their place in the variant's config.
     """
 
     name: ClassVar[str] = ""
@@ -50,27 +53,39 @@ class PretrainMethod:
     defaults: ClassVar[dict[str, Any]] = {}
     requires: ClassVar[str | None] = None  # "vit": only Vision Transformer backbones
     trains: ClassVar[bool] = True  # False: the runner saves the initial weights (the random baseline)
+    knobs: ClassVar[dict[str, str]] = {"epochs": "train.epochs", "lr": "train.lr"}
 
     def __init__(self, setup: PretrainSetup) -> None:
         self.setup = setup
-        self.params = {**self.defaults, **setup.params}
-        unknown = sorted(set(setup.params) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"pretrain method {self.name!r}: unknown parameter(s) {unknown}; "
-                             f"known: {sorted(self.defaults)}")
+        self.params = self.resolve_params(setup.params)
         self.backbone = setup.backbone
         self.model = nn.ModuleDict({"backbone": self.backbone})
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The method's ``defaults`` updated by config; an unknown key fails naming it (also at config time)."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(cls.defaults))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} of pretrain kind {cls.name!r}; "
+                             f"known: {', '.join(sorted(cls.defaults)) or '(none)'}")
+        return {**cls.defaults, **params}
+
+    @classmethod
+    def input_sides(cls, params: dict[str, Any], views: ViewConfig, side: int) -> list[tuple[str, int]]:
+        """Every (what, side in px) this method feeds the backbone, for the config-time check that
+        each one survives the backbone's reduction (``side``: the training images' side)."""
+        return [("views", int(views.size or side))]
 
     @property
     def feature_dim(self) -> int:
         return int(self.backbone.num_features)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features of float images in [0, 1] (normalised here, as at evaluation)."""
-        return self.backbone(normalize(x))
+        """Backbone features of float images in [0, 1] (the backbone normalises, as at evaluation)."""
+        return self.backbone(x)
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
 
@@ -113,19 +128,3 @@ def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = Fal
     if last_bn:
         mods.append(nn.BatchNorm1d(out, affine=False))
     return nn.Sequential(*mods)
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online (parameters); buffers copied."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
-
-
-def cosine_momentum(base: float, step: int, total: int) -> float:
-    """BYOL's schedule: momentum rises from ``base`` to 1 along a cosine over training."""
-    import math
-
-    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2

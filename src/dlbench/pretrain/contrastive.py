@@ -3,8 +3,8 @@
 All four learn by telling images apart (instance discrimination against negatives, or
 assignment to clusters/prototypes). Losses come from ``dlbench.pretrain.losses``; this
 module owns the heads, the views and the state (queues, prototypes, pseudo-labels).
-Also home of the helpers the distillation family shares: the momentum teacher, multi-crop
-views and the step counter buffer.
+The momentum teacher, step counter and multi-crop helpers it shares with self-distillation
+live in ``dlbench.pretrain.components``; k-means in ``dlbench.pretrain.kmeans``.
 
 Defaults are scaled from the papers (ImageNet, 224 px, batch 256-4096, 200-800 epochs)
 to 32 px images, ~8000 unlabeled images and a few CPU epochs; each class says what.
@@ -12,103 +12,21 @@ to 32 px images, ~8000 unlabeled images and a few CPU epochs; each class says wh
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbench.data.augment import normalize, to_float
+from dlbench.models.inference import embed
 from dlbench.pretrain import losses
-from dlbench.pretrain.base import PretrainMethod, PretrainSetup, ema_update, mlp, register_method
-from dlbench.pretrain.views import ViewConfig, make_view, make_views
+from dlbench.pretrain.base import PretrainMethod, PretrainSetup, mlp, register_method
+from dlbench.pretrain.components import MomentumTeacher, MultiCrop, StepCounter, encode_views, multicrop_config
+from dlbench.pretrain.kmeans import kmeans, pca_whiten
+from dlbench.pretrain.views import make_view, make_views
+from dlbench.train.engine import Batch
 
 Stats = dict[str, torch.Tensor]
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-class MomentumTeacher(nn.Module):
-    """A frozen copy of (backbone, head) that follows the online network by EMA.
-
-    Shared by MoCo v2 (key encoder), BYOL (target) and DINO (teacher). It never receives
-    gradients (``requires_grad_(False)``, so the engine's optimiser skips it) and its forward
-    runs under ``no_grad``. It stays in the mode the engine sets (train: batch-norm uses batch
-    statistics, as in all three papers); its BN running statistics are copied from the online
-    network at each update by ``ema_update``.
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = copy.deepcopy(backbone)
-        self.head = copy.deepcopy(head)
-        self.requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        """Head output for float images in [0, 1] (normalised here, like ``PretrainMethod.encode``)."""
-        return self.head(self.backbone(normalize(x01)))
-
-    @torch.no_grad()
-    def update(self, backbone: nn.Module, head: nn.Module, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * online."""
-        ema_update(self.backbone, backbone, momentum)
-        ema_update(self.head, head, momentum)
-
-
-class StepCounter(nn.Module):
-    """Optimiser steps done so far, as a buffer: schedules (prototype freezing, DINO's
-    teacher temperature) survive a checkpoint/resume without relying on Python state."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    @property
-    def value(self) -> int:
-        return int(self.steps)
-
-    def set(self, steps: int) -> None:
-        self.steps.fill_(steps)
-
-
-def local_crop_size(backbone: nn.Module, input_side: int, requested: int | None) -> int:
-    """Side of multi-crop local views: ``requested``, else half the input (paper 96/224 ~ 0.43).
-
-    A Vision Transformer with a fixed position-embedding grid (timm's default,
-    ``dynamic_img_size=False``) cannot take smaller inputs, so its local views keep the small
-    crop *area* but are resampled to the full input side.
-    """
-    if getattr(backbone, "patch_embed", None) is not None and not getattr(backbone, "dynamic_img_size", False):
-        return input_side
-    return int(requested) if requested else max(8, input_side // 2)
-
-
-def multicrop_config(setup: PretrainSetup, backbone: nn.Module, local_crops: int,
-                     local_size: int | None) -> ViewConfig:
-    """The run's ViewConfig with the method's multi-crop settings applied."""
-    side = setup.views.size or setup.input_size[0]
-    return setup.views.with_(local_crops=int(local_crops),
-                             local_size=local_crop_size(backbone, side, local_size))
-
-
-def encode_views(encode: Any, views: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Run ``encode`` once per run of consecutive same-size views (as DINO's MultiCropWrapper).
-
-    Views of one resolution share one forward pass, so batch norm sees them together.
-    """
-    out: list[torch.Tensor] = []
-    i = 0
-    while i < len(views):
-        j = i
-        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-            j += 1
-        feats = encode(torch.cat(views[i:j]))
-        out += list(feats.chunk(j - i))
-        i = j
-    return out
 
 
 def _count_stat(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -136,8 +54,8 @@ class SimCLR(PretrainMethod):
         self.projector = mlp(self.feature_dim, p["proj_hidden"], p["proj_dim"])
         self.model["projector"] = self.projector
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v1, v2 = make_views(images, self.setup.views, gen)
         z = self.projector(self.encode(torch.cat([v1, v2]))).float()
         z1, z2 = z.chunk(2)
@@ -200,8 +118,8 @@ class MoCoV2(PretrainMethod):
         # every BN group keeps >= 8 images (batch norm on 1-2 images is degenerate)
         return max(1, min(int(self.params["shuffle_bn_splits"]), n // 8))
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v_q, v_k = make_views(images, self.setup.views, gen)
         n = images.shape[0]
         splits = self._splits(n)
@@ -242,7 +160,7 @@ class MoCoV2(PretrainMethod):
 
 
 @register_method("swav", family="contrastive")
-class SwAV(PretrainMethod):
+class SwAV(MultiCrop, PretrainMethod):
     """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn cluster codes across views.
 
     Projector -> l2-normalised z -> scores against K prototypes (a bias-free Linear whose
@@ -285,8 +203,8 @@ class SwAV(PretrainMethod):
         w = self.prototypes.weight
         w.copy_(F.normalize(w.float(), dim=1).to(w.dtype))
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         self.normalize_prototypes()
         views = make_views(images, self.views, gen)
         feats = encode_views(self.encode, views)
@@ -307,82 +225,6 @@ class SwAV(PretrainMethod):
 # --------------------------------------------------------------------------- DeepCluster
 
 
-@torch.no_grad()
-def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
-    """Project centred rows onto the top ``dim`` principal axes, each scaled to unit variance.
-
-    ``eps`` (relative to the largest eigenvalue) keeps near-degenerate axes of a random
-    network from being blown up. Computed in float64 on CPU (deterministic).
-    """
-    x = x.double().cpu()
-    x = x - x.mean(0, keepdim=True)
-    cov = x.T @ x / max(1, x.shape[0] - 1)
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    dim = min(dim, x.shape[1])
-    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
-    evals = evals.clamp(min=0) + eps * float(evals[0].clamp(min=1e-12))
-    return (x @ evecs / evals.sqrt()).float()
-
-
-def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_(min=0)
-
-
-def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid and squared distance of every row, ``chunk`` rows at a time."""
-    labels, dists = [], []
-    for i in range(0, x.shape[0], chunk):
-        d = _sq_dists(x[i:i + chunk], centroids)
-        m = d.min(1)
-        labels.append(m.indices)
-        dists.append(m.values)
-    return torch.cat(labels), torch.cat(dists)
-
-
-@torch.no_grad()
-def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iterations: int = 20,
-           chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding; all randomness from ``gen`` (CPU, deterministic).
-
-    Empty clusters are repaired as faiss (and so DeepCluster) does: a non-empty cluster,
-    drawn with probability proportional to its size, is split in two by perturbing its
-    centroid by +-1/1024 in alternate dimensions. Returns (centroids K x D, labels N).
-    """
-    x = x.float().cpu()
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means: need 1 <= k <= number of points, got k={k}, n={n}")
-    # k-means++: each new centroid drawn with probability proportional to D^2
-    centroids = torch.empty(k, x.shape[1])
-    centroids[0] = x[torch.randint(n, (1,), generator=gen)]
-    closest = _sq_dists(x, centroids[:1]).squeeze(1)
-    for j in range(1, k):
-        weights = closest if float(closest.sum()) > 0 else torch.ones(n)
-        idx = torch.multinomial(weights, 1, generator=gen)
-        centroids[j] = x[idx]
-        closest = torch.minimum(closest, _sq_dists(x, centroids[j:j + 1]).squeeze(1))
-    labels = _assign(x, centroids, chunk)[0]
-    sign = torch.where(torch.arange(x.shape[1]) % 2 == 0, 1.0, -1.0) / 1024
-    for _ in range(iterations):
-        counts = torch.bincount(labels, minlength=k).float()
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-        nonempty = counts > 0
-        centroids[nonempty] = sums[nonempty] / counts[nonempty, None]
-        for j in torch.nonzero(~nonempty).flatten().tolist():
-            splittable = counts * (counts > 1)
-            if float(splittable.sum()) == 0:
-                break
-            big = int(torch.multinomial(splittable, 1, generator=gen))
-            centroids[j] = centroids[big] * (1 + sign)
-            centroids[big] = centroids[big] * (1 - sign)
-            counts[j] = counts[big] = counts[big] / 2
-        new_labels = _assign(x, centroids, chunk)[0]
-        if torch.equal(new_labels, labels) and bool(nonempty.all()):
-            break
-        labels = new_labels
-    return centroids, labels
-
-
 @register_method("deepcluster", family="contrastive")
 class DeepCluster(PretrainMethod):
     """DeepCluster (Caron et al. 2018): classify images into k-means clusters of their own features.
@@ -397,9 +239,8 @@ class DeepCluster(PretrainMethod):
     uniform sampling over clusters, its guard against one giant cluster). Clusters that stay
     empty after k-means' splitting repair get weight 0.
 
-    ``wants_indices = True``: the engine then passes the dataset row indices of the batch as
-    the ``labels`` argument (the images are unlabeled anyway), and ``training_loss`` looks
-    up ``pseudo_labels[labels]``. After a resume the engine calls ``before_epoch`` again:
+    The engine's batches carry the dataset row indices of their images, and ``training_loss``
+    looks up ``pseudo_labels[batch.indices]``. After a resume the engine calls ``before_epoch`` again:
     that recomputes, from the restored weights and the same epoch generator, exactly the
     clustering an uninterrupted run computed at that epoch.
 
@@ -410,7 +251,6 @@ class DeepCluster(PretrainMethod):
     optimiser state (momentum/Adam moments) is owned by the engine and is not reset.
     """
 
-    wants_indices: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"num_clusters": 100, "pca_dim": 32, "kmeans_iterations": 20,
                                           "feature_batch": 512}
 
@@ -432,15 +272,9 @@ class DeepCluster(PretrainMethod):
 
     @torch.no_grad()
     def features(self) -> torch.Tensor:
-        """Backbone features of every unlabeled image (eval mode, float32, CPU)."""
-        images = self.setup.images
+        """Backbone features of every unlabeled image (the one batched-inference path: eval mode, float32, CPU)."""
         device = next(self.backbone.parameters()).device
-        was_training = self.backbone.training
-        self.backbone.eval()
-        bs = int(self.params["feature_batch"])
-        out = [self.encode(to_float(images[i:i + bs], device)).float().cpu() for i in range(0, len(images), bs)]
-        self.backbone.train(was_training)
-        return torch.cat(out)
+        return embed(self.backbone, self.setup.images, device=device, batch_size=int(self.params["feature_batch"]))
 
     @torch.no_grad()
     def cluster(self, gen: torch.Generator) -> torch.Tensor:
@@ -468,12 +302,9 @@ class DeepCluster(PretrainMethod):
         for p in (self.head.weight, self.head.bias):
             p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen).to(p.device, p.dtype))
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
-        if bool((labels < 0).any()):
-            raise RuntimeError("deepcluster: labels must be dataset row indices; the engine passes them "
-                               "for methods with wants_indices = True")
-        targets = self.clusters.pseudo_labels[labels.to(self.clusters.pseudo_labels.device)].to(images.device)
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
+        targets = self.clusters.pseudo_labels[batch.indices.to(self.clusters.pseudo_labels.device)].to(images.device)
         if bool((targets < 0).any()):
             raise RuntimeError("deepcluster: no pseudo-labels yet; the engine must call before_epoch() first")
         view = make_view(images, self.setup.views, gen)

@@ -1,6 +1,6 @@
 """Masked image modeling: MAE (He et al., 2022) on a timm Vision Transformer.
 
-The encoder is the backbone itself: its ``patch_embed``, prefix tokens (class / register),
+The encoder is the backbone's network itself (``Backbone.net``): its ``patch_embed``, prefix tokens (class / register),
 ``pos_embed``, ``pos_drop``, ``norm_pre``, ``blocks`` and ``norm`` run on the visible patches
 only, so the weights MAE trains are exactly the weights that probes and fine-tuning load
 later through the backbone's normal forward. The method owns only the lightweight decoder
@@ -14,11 +14,12 @@ from functools import partial
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from dlbench.data.augment import normalize
 from dlbench.pretrain.base import PretrainMethod, PretrainSetup, register_method
 from dlbench.pretrain.views import ViewConfig, make_view
+from dlbench.train.engine import Batch
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -184,7 +185,7 @@ class MAE(PretrainMethod):
         super().__init__(setup)
         from timm.models.vision_transformer import VisionTransformer
 
-        bb = self.backbone
+        bb = self.backbone.net
         if not isinstance(bb, VisionTransformer):
             raise ValueError(f"pretrain method 'mae' needs a timm VisionTransformer backbone, "
                              f"got {type(bb).__name__}")
@@ -206,9 +207,13 @@ class MAE(PretrainMethod):
         self.view_cfg = ViewConfig(crop_scale=tuple(p["crop_scale"]), flip=setup.views.flip,
                                    jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0, size=None)
 
+    @classmethod
+    def input_sides(cls, params: dict[str, Any], views: ViewConfig, side: int) -> list[tuple[str, int]]:
+        return [("views", int(side))]  # its own crop at the image size (``view_cfg`` ignores ``views.size``)
+
     def _embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images -> patch tokens N x L x D with their positions added, and the grid."""
-        bb = self.backbone
+        bb = self.backbone.net
         x = bb.patch_embed(x)
         if x.ndim == 4:  # dynamic_img_size: PatchEmbed returns NHWC
             grid = (x.shape[1], x.shape[2])
@@ -229,7 +234,7 @@ class MAE(PretrainMethod):
 
     def _prefix_tokens(self, n: int, dtype: torch.dtype) -> list[torch.Tensor]:
         """Class / register tokens, with their positions when the ViT embeds them (``no_embed_class`` False)."""
-        bb = self.backbone
+        bb = self.backbone.net
         tokens = [t.expand(n, -1, -1) for t in (bb.cls_token, bb.reg_token) if t is not None]
         if not tokens:
             return []
@@ -244,7 +249,7 @@ class MAE(PretrainMethod):
 
         Returns the latent N x (prefix + K) x D, the mask N x L, ``ids_restore`` and the patch grid.
         """
-        bb = self.backbone
+        bb = self.backbone.net
         tokens, grid = self._embed_patches(x)
         visible, mask, ids_restore = random_masking(tokens, float(self.params["mask_ratio"]), gen)
         h = torch.cat(self._prefix_tokens(visible.shape[0], visible.dtype) + [visible], dim=1)
@@ -254,15 +259,21 @@ class MAE(PretrainMethod):
 
     def reconstruct(self, x01: torch.Tensor, gen: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Predicted patches, mask and target patches (normalised pixels) of float images in [0, 1], no augmentation."""
-        x = normalize(x01)
+        """Predicted patches, mask and target patches (normalised pixels) of float images in [0, 1], no augmentation.
+
+        Images are first resampled to the ViT's input size when it accepts only that one, as
+        ``Backbone.forward`` does (this path feeds ``patch_embed`` directly, bypassing it).
+        """
+        bb = self.backbone
+        if bb.fixed_size and tuple(x01.shape[-2:]) != bb.input_size:
+            x01 = F.interpolate(x01, size=bb.input_size, mode="bilinear", antialias=True, align_corners=False)
+        x = bb.normalize(x01)
         latent, mask, ids_restore, grid = self.forward_encoder(x, gen)
         pred = self.decoder(latent, ids_restore, grid)
         return pred, mask, patchify(x, self.patch_size)
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        view = make_view(images, self.view_cfg, gen)
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        view = make_view(batch.images, self.view_cfg, gen)
         pred, mask, target = self.reconstruct(view, gen)
         loss = mae_loss(pred, target, mask, bool(self.params["norm_pix_loss"]))
         return loss, {}

@@ -13,8 +13,8 @@ Scaling from the papers (ImageNet, 64-225 px patches, hundreds of epochs) to 32 
 decoders predict 8 x 8 (colour) or 16 x 16 (inpainting) maps, and one backbone pass per image
 (or per tile) keeps a step cheap. Each class says what else was scaled.
 
-Tiny patches: a backbone with a fixed input size (timm ViT without ``dynamic_img_size``) gets
-its patches resized to that size, and ``min_patch_size`` (default 16) upsamples them for any
+Tiny patches: a backbone with a fixed input size (timm ViT without ``dynamic_img_size``) resizes
+them to that size itself (``Backbone``), and ``min_patch_size`` (default 16) upsamples them for any
 backbone (``encode_patches``): a 7 px patch through a ResNet's four stride-2 stages reaches a 1 x 1
 map two stages early, and in bf16 its last stage's weights went NaN within 4 epochs.
 """
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbench.data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from dlbench.pretrain.base import PretrainMethod, PretrainSetup, mlp, register_method
 from dlbench.pretrain.views import ViewConfig, grayscale, make_view
+from dlbench.train.engine import Batch
 
 Stats = dict[str, torch.Tensor]
 Inputs = dict[str, torch.Tensor]
@@ -44,15 +44,6 @@ VIEW_DEFAULTS: dict[str, Any] = {
 }
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def fixed_input_side(backbone: nn.Module) -> int | None:
-    """Side a backbone insists on (timm ViT with a fixed position grid), else None (CNNs pool any size)."""
-    pe = getattr(backbone, "patch_embed", None)
-    if pe is None or getattr(backbone, "dynamic_img_size", False) or not getattr(pe, "strict_img_size", True):
-        return None
-    size = getattr(pe, "img_size", None)
-    return int(size[0]) if size is not None else None
 
 
 def classifier_head(in_dim: int, hidden: int, out: int) -> nn.Module:
@@ -114,15 +105,13 @@ def crop_patches(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: int)
     return x[batch, :, rows, cols].permute(0, 1, 4, 2, 3)
 
 
-def standardize_patches(p: torch.Tensor, min_std: float = 0.05) -> torch.Tensor:
-    """Per patch and channel, zero mean / unit std after ``normalize`` (Noroozi's per-tile
-    normalisation against low-level statistic shortcuts); ``min_std`` keeps flat tiles from
-    blowing noise up."""
+def standardize_patches(p: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: float = 0.05) -> torch.Tensor:
+    """Per patch and channel, zero mean / unit std after the backbone's normalisation by ``mean``/``std``
+    (1 x C x 1 x 1; Noroozi's per-tile normalisation against low-level statistic shortcuts);
+    ``min_std`` keeps flat tiles from blowing noise up."""
     m = p.mean(dim=(-2, -1), keepdim=True)
     s = p.std(dim=(-2, -1), keepdim=True).clamp_min(min_std)
-    mean = torch.tensor(IMAGENET_MEAN, device=p.device, dtype=p.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=p.device, dtype=p.dtype).view(3, 1, 1)
-    return (p - m) / s * std + mean
+    return (p - m) / s * std.to(p) + mean.to(p)
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,17 +193,20 @@ class PretextMethod(PretrainMethod):
         super().__init__(setup)
         self.view_cfg = ViewConfig(crop_scale=tuple(self.params["crop_scale"]), flip=setup.views.flip,
                                    jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0, size=None)
-        self.fixed_side = fixed_input_side(self.backbone)
 
     def view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return make_view(x, self.view_cfg, gen) if self.params["augment"] else x
 
+    @classmethod
+    def input_sides(cls, params: dict[str, Any], views: ViewConfig, side: int) -> list[tuple[str, int]]:
+        return [("views", int(side))]  # the task's own crop of the image, at the image size
+
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """Features of M x C x t x t patches; resized up to ``min_patch_size`` (param) or to the
-        side a fixed-size backbone (ViT) requires."""
+        """Features of M x C x t x t patches, upsampled to ``min_patch_size`` (param); a fixed-size
+        backbone (ViT) resizes them to its size itself."""
         side = patches.shape[-1]
-        target = self.fixed_side or max(side, int(self.params.get("min_patch_size", 0)))
-        if target != side:
+        target = max(side, int(self.params.get("min_patch_size", 0)))
+        if target != side and not self.backbone.fixed_size:
             patches = F.interpolate(patches, size=(target, target), mode="bilinear", align_corners=False)
         return self.encode(patches)
 
@@ -224,9 +216,8 @@ class PretextMethod(PretrainMethod):
     def loss(self, inputs: Inputs) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
-        return self.loss(self.make_inputs(images, gen))
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        return self.loss(self.make_inputs(batch.images, gen))
 
 
 def _check_grid(name: str, setup: PretrainSetup, gap: int, jitter: int) -> None:
@@ -290,6 +281,11 @@ class Jigsaw(PretextMethod):
                                           "tile_normalize": False, "head_hidden": 512, "min_patch_size": 16}
     grid = 3
 
+    @classmethod
+    def input_sides(cls, params: dict[str, Any], views: ViewConfig, side: int) -> list[tuple[str, int]]:
+        p = cls.resolve_params(params)
+        return [("tiles", max(side // cls.grid - int(p["tile_gap"]), int(p["min_patch_size"])))]
+
     def __init__(self, setup: PretrainSetup) -> None:
         super().__init__(setup)
         _check_grid(self.name, setup, int(self.params["tile_gap"]), int(self.params["tile_gap"]))
@@ -316,7 +312,7 @@ class Jigsaw(PretextMethod):
         n, k = tiles.shape[:2]
         flat = tiles.flatten(0, 1)
         if self.params["tile_normalize"]:
-            flat = standardize_patches(flat)
+            flat = standardize_patches(flat, self.backbone.mean, self.backbone.std)
         feats = self.encode_patches(flat).reshape(n, k * self.feature_dim)
         return classification_loss(self.head(feats), inputs["target"])
 
@@ -380,7 +376,7 @@ class Inpainting(PretextMethod):
     """Context encoder (Pathak et al. 2016), L2 only (no adversarial loss): fill in a hidden square.
 
     A square of ``mask_frac`` of the area (1/4 as the paper's central region) is filled with
-    the dataset mean (ImageNet mean: exactly 0 after ``normalize``), the masked image is
+    the backbone's normalisation mean (exactly 0 after its normalisation), the masked image is
     encoded, and ``SpatialDecoder`` predicts the square's normalised pixels from the pooled
     features; the loss is the mean squared error over the square. ``mask``: "center" (paper's
     central region) or "random" (a random square per image). ``overlap`` > 0 is the paper's
@@ -421,8 +417,7 @@ class Inpainting(PretextMethod):
         cols = torch.arange(w, device=v.device)[None, None, :]
         hidden = ((rows >= (top + o)[:, None, None]) & (rows < (top + s - o)[:, None, None])
                   & (cols >= (left + o)[:, None, None]) & (cols < (left + s - o)[:, None, None]))[:, None]
-        fill = torch.tensor(IMAGENET_MEAN, device=v.device, dtype=v.dtype).view(1, 3, 1, 1)
-        masked = torch.where(hidden, fill, v)
+        masked = torch.where(hidden, self.backbone.mean.to(v), v)
         target = crop_patches(v, top[:, None], left[:, None], s)[:, 0]
         weight = torch.full((1, 1, s, s), float(self.params["overlap_weight"]), device=v.device)
         weight[..., o:s - o, o:s - o] = 1.0
@@ -431,18 +426,16 @@ class Inpainting(PretextMethod):
             weight = F.interpolate(weight, size=(self.out_size, self.out_size), mode="area")
         return {"input": masked, "target": target, "weight": weight, "hidden": hidden}
 
-    @staticmethod
-    def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Weighted mean squared error in normalised pixel units over the predicted square."""
-        err = (pred.float() - normalize(target.float())) ** 2
+    def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Weighted mean squared error in the backbone's normalised pixel units over the predicted square."""
+        err = (pred.float() - self.backbone.normalize(target.float())) ** 2
         return (err * weight).sum() / (weight.sum() * err.shape[0] * err.shape[1])
 
     def loss(self, inputs: Inputs) -> tuple[torch.Tensor, Stats]:
         pred = self.decoder(self.encode(inputs["input"]))
         loss = self.reconstruction_loss(pred, inputs["target"], inputs["weight"])
         # unweighted error in [0, 1] pixel units, comparable across normalisations and overlaps
-        std = torch.tensor(IMAGENET_STD, device=pred.device).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN, device=pred.device).view(1, 3, 1, 1)
+        std, mean = self.backbone.std.float(), self.backbone.mean.float()
         pixel_mse = ((pred.detach().float() * std + mean - inputs["target"].float()) ** 2).mean()
         return loss, {"pixel_mse": pixel_mse}
 
@@ -480,6 +473,11 @@ class RelativeLocation(PretextMethod):
 
     defaults: ClassVar[dict[str, Any]] = {**VIEW_DEFAULTS, "patch_gap": 3, "patch_jitter": 1, "head_hidden": 512,
                                           "color_dropping": False, "min_patch_size": 16}
+
+    @classmethod
+    def input_sides(cls, params: dict[str, Any], views: ViewConfig, side: int) -> list[tuple[str, int]]:
+        p = cls.resolve_params(params)
+        return [("patches", max(side // 3 - int(p["patch_gap"]), int(p["min_patch_size"])))]
 
     def __init__(self, setup: PretrainSetup) -> None:
         super().__init__(setup)

@@ -1,9 +1,8 @@
 """The ``pretrain`` stage: one method x one backbone x one seed on a dataset's unlabeled split.
 
-Writes a backbone-only model directory (``model.safetensors`` with the ``backbone.*``
-weights, ``model.json`` with recipe and provenance, ``history.json``). Every epoch the
-history records the collapse check of the homework (std of l2-normalised embeddings of a
-fixed labeled batch, ~1/sqrt(d) when spread, -> 0 at collapse) and an online kNN accuracy.
+Writes a backbone-only model directory (weights, card, ``history.json``). Every epoch the
+history records the collapse check of the homework (std of l2-normalised embeddings of the
+val split, ~1/sqrt(d) when spread, -> 0 at collapse) and an online kNN accuracy.
 """
 
 from __future__ import annotations
@@ -16,31 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbench.data.loader import dataset_meta, labeled_splits, load_tensors
-from dlbench.io import write_json
+from dlbench.cards import trainable_count
+from dlbench.data.loader import load_tensors
+from dlbench.device import pick_device
 from dlbench.models.backbones import build_backbone
-from dlbench.models.checkpoint import save_model
 from dlbench.models.heads import knn_vote_probs
+from dlbench.models.inference import embed
 from dlbench.pretrain.base import PretrainSetup, load_all
 from dlbench.pretrain.views import ViewConfig
-from dlbench.provenance import provenance
-from dlbench.train.engine import TrainConfig, fit, pick_device, remove_checkpoint
-from dlbench.train.supervised import model_id, recipe_fingerprint
-
-
-@torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Backbone features of uint8 N x H x W x C images (eval mode, no augmentation), on CPU."""
-    from dlbench.data.augment import normalize
-
-    was_training = backbone.training
-    backbone.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device).permute(0, 3, 1, 2).float().div_(255)
-        out.append(backbone(normalize(x)).float().cpu())
-    backbone.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+from dlbench.stage import fingerprint, history_seconds, load_labeled, write_model
+from dlbench.train.engine import TrainConfig, fit, remove_checkpoint
 
 
 def embedding_std(features: torch.Tensor) -> tuple[float, float]:
@@ -50,65 +34,50 @@ def embedding_std(features: torch.Tensor) -> tuple[float, float]:
     return std, std * math.sqrt(z.shape[1])
 
 
-def is_vit(backbone: nn.Module) -> bool:
+def is_vit(net: nn.Module) -> bool:
     from timm.models.vision_transformer import VisionTransformer
 
-    return isinstance(backbone, VisionTransformer)
+    return isinstance(net, VisionTransformer)
 
 
 def pretrain(recipe: dict[str, Any], data_root: str | Path, out_dir: str | Path,
              checkpoint_path: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
-    """Pretrain per ``recipe`` (see ``dlbench.config.pretrain_recipe``) and write the model directory."""
+    """Pretrain per ``recipe`` (``dlbench.plan``) and write the model directory; return its card."""
     dev = pick_device(device)
-    methods = load_all()
-    cls = methods.get(recipe["pretrain"])
-    meta = dataset_meta(data_root, recipe["dataset"])
+    cls = load_all().get(recipe["kind"])
     images, _, _ = load_tensors(data_root, recipe["dataset"], recipe["unlabeled_split"])
-    train_x, train_y, val_x, val_y = labeled_splits(data_root, recipe["dataset"], recipe["train_split"],
-                                                    recipe.get("val_split"))
-    cfg = TrainConfig(seed=int(recipe["seed"]), **recipe["train"])
+    labeled = load_labeled(data_root, recipe)
+    cfg = TrainConfig.from_dict(recipe["train"], seed=int(recipe["seed"]))
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(recipe["backbone_spec"])
-    if cls.requires == "vit" and not is_vit(backbone):
-        raise ValueError(f"pretrain method {cls.name!r} needs a Vision Transformer backbone; "
-                         f"{recipe['backbone']!r} is a {type(backbone).__name__}")
+    backbone = build_backbone(recipe["backbone_spec"], (int(images.shape[1]), int(images.shape[2])))
+    if cls.requires == "vit" and not is_vit(backbone.net):
+        raise ValueError(f"pretrain kind {cls.name!r} needs a Vision Transformer backbone; "
+                         f"{recipe['backbone']!r} is a {type(backbone.net).__name__}")
     n = len(images)
-    setup = PretrainSetup(backbone=backbone, backbone_spec=recipe["backbone_spec"], params=dict(recipe.get("params") or {}),
+    setup = PretrainSetup(backbone=backbone, backbone_spec=recipe["backbone_spec"], params=dict(recipe["params"]),
                           views=ViewConfig.from_dict(recipe.get("views")), input_size=tuple(images.shape[1:3]),
                           images=images, device=dev, epochs=cfg.epochs,
-                          steps_per_epoch=max(1, n // cfg.batch_size), seed=cfg.seed)
+                          steps_per_epoch=max(1, n // (cfg.batch_size * cfg.accumulate)), seed=cfg.seed)
     method = cls(setup)
 
     def monitor() -> dict[str, float]:
-        val_f = embed(backbone, val_x, dev)
+        val_f = embed(backbone, labeled.val_x, device=dev)
         std, std_norm = embedding_std(val_f)
-        probs = knn_vote_probs(val_f, F.normalize(embed(backbone, train_x, dev), dim=1), train_y, len(meta["classes"]))
-        return {"emb_std": std, "emb_std_norm": std_norm, "knn_acc": float((probs.argmax(1) == val_y).float().mean())}
+        bank = F.normalize(embed(backbone, labeled.train_x, device=dev), dim=1)
+        probs = knn_vote_probs(val_f, bank, labeled.train_y, len(labeled.classes))
+        return {"emb_std": std, "emb_std_norm": std_norm,
+                "knn_acc": float((probs.argmax(1) == labeled.val_y).float().mean())}
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
+    trainable = trainable_count(method.model)
     if cls.trains:
         labels = torch.full((n,), -1, dtype=torch.int64)
-        history = fit(method, images, labels, cfg, checkpoint_path=ckpt, fingerprint=recipe_fingerprint(recipe),
+        history = fit(method, images, labels, cfg, checkpoint_path=ckpt, fingerprint=fingerprint(recipe),
                       device=dev, validate=monitor)
     else:
-        history = [{"epoch": 0, "seconds": 0.0, **{f"val_{k}": v for k, v in monitor().items()}}]
-    out = Path(out_dir)
-    write_json(out / "history.json", history)
-    model_meta = {
-        "model_id": model_id({**recipe, "adapt": "none"}),
-        "recipe": recipe,
-        "parts": {"dataset": recipe["dataset"], "backbone": recipe["backbone"], "pretrain": recipe["pretrain"],
-                  "adapt": "none", "ensemble": "none", "compress": "none", "seed": int(recipe["seed"])},
-        "parent": None,
-        "backbone_spec": recipe["backbone_spec"],
-        "num_classes": 0,
-        "head": None,
-        "classes": meta["classes"],
-        "input_size": list(images.shape[1:3]),
-        "method_family": cls.family,
-        "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
-        "provenance": provenance(recipe["dataset"]),
-    }
-    save_model(out, nn.ModuleDict({"backbone": backbone.cpu()}), model_meta)
+        history, trainable = [{"epoch": 0, "seconds": 0.0, **{f"val_{k}": v for k, v in monitor().items()}}], 0
+    card = write_model(out_dir, backbone, recipe=recipe, kind=cls.name, family=cls.family, stage="pretrain",
+                       classes=labeled.classes, history=history, train_seconds=history_seconds(history),
+                       trainable_params=trainable)
     remove_checkpoint(ckpt)
-    return model_meta
+    return card

@@ -1,90 +1,132 @@
-"""Cached logits + model metadata -> tidy Parquet tables (the contract of DESIGN.md).
+"""Cached outputs + model cards -> tidy Parquet tables (the contracts of DESIGN.md).
 
-``metrics.parquet``: one row per (model id, eval split) with recipe parts, shift tags,
-metrics and costs. ``history.parquet``: one row per (model id, epoch) for training curves.
+The tables hold exactly the models the DAG passes (the current config's), never a directory
+glob, so a model removed from the config leaves the tables and the report.
+
+``metrics.parquet``: one row per (model id, eval split): the id's parts, ``kind``/``family``/
+``stage`` of the model's last stage, ``parents`` (list of ids), the kind and family of its
+pretraining stage (``pretrain_kind``, ``pretrain_family``; found along the lineage), one nullable
+typed column per knob, the split's shift tags, metrics and costs.
+``history.parquet``: one row per (model id, epoch). ``summary.parquet``: per recipe, seeds pooled.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from dlbench.evaluate.metrics import all_metrics
-from dlbench.evaluate.predict import read_logits
+from dlbench.evaluate.outputs import read_logits
 from dlbench.io import atomic_path, read_json
+from dlbench.report.tables import PARTS, SLOTS
 
-PARTS = ["dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed"]
-COSTS = ["params", "nonzero_params", "size_bytes", "latency_ms", "train_seconds"]
+LINEAGE = ["kind", "family", "stage", "parents", "pretrain_kind", "pretrain_family"]
 METRICS = ["acc", "ece", "nll", "brier", "n"]
-COLUMNS = ["model_id", *PARTS, "split", "shift", "corruption", "severity", *METRICS, *COSTS]
+COSTS = ["params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device",
+         "train_seconds"]
+SPLIT_TAGS = ["split", "shift", "corruption", "severity"]
 
 
-def _model_dirs(models_root: Path) -> list[Path]:
-    return sorted(p.parent for p in models_root.rglob("model.json"))
+class Cards:
+    """Model cards by id, read once each from ``<results>/models/<id>/model.json``."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.root = results_dir / "models"
+        self._cards: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, model_id: str) -> dict[str, Any]:
+        if model_id not in self._cards:
+            self._cards[model_id] = read_json(self.root / model_id / "model.json")
+        return self._cards[model_id]
+
+    def pretraining(self, model_id: str) -> dict[str, Any] | None:
+        """The card of the pretraining stage in a model's lineage (first parent chain), if any."""
+        card = self[model_id]
+        while card.get("stage") != "pretrain":
+            if not card.get("parents"):
+                return None
+            card = self[card["parents"][0]]
+        return card
+
+    def lineage(self, model_id: str) -> dict[str, Any]:
+        card, pre = self[model_id], self.pretraining(model_id)
+        return {"kind": card["kind"], "family": card["family"], "stage": card["stage"],
+                "parents": list(card["parents"]), "pretrain_kind": pre["kind"] if pre else None,
+                "pretrain_family": pre["family"] if pre else None}
 
 
-def metrics_table(models_root: str | Path, predictions_root: str | Path) -> pd.DataFrame:
-    models_root, predictions_root = Path(models_root), Path(predictions_root)
-    rows = []
-    for model_dir in _model_dirs(models_root):
-        model_id = str(model_dir.relative_to(models_root))
-        pred_dir = predictions_root / model_id
-        if not (pred_dir / "logits.parquet").exists():
-            continue
-        meta = read_json(model_dir / "model.json")
-        costs = read_json(pred_dir / "costs.json")
-        for split, (logits, labels, tags) in read_logits(pred_dir / "logits.parquet").items():
-            rows.append({
-                "model_id": model_id, **{k: meta["parts"][k] for k in PARTS},
-                "split": split, "shift": tags.get("shift", "id"), "corruption": tags.get("corruption"),
-                "severity": tags.get("severity"), **all_metrics(logits, labels),
-                **{k: costs.get(k) for k in COSTS},
-            })
-    df = pd.DataFrame(rows, columns=COLUMNS)
+def _typed_knobs(df: pd.DataFrame, knobs: dict[str, list[Any]]) -> pd.DataFrame:
+    """One nullable typed column per knob (``knobs``: name -> the values the cards hold): Int64 for
+    integers, Float64 for numbers, string otherwise."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for k, values in knobs.items():
+        values = [v for v in values if v is not None]
+        if all(number(v) and isinstance(v, int) for v in values):
+            df[k] = df[k].astype("Int64")
+        elif all(number(v) for v in values):
+            df[k] = df[k].astype("Float64")
+        else:
+            df[k] = df[k].astype("string")
+    return df
+
+
+def metrics_table(results_dir: str | Path, model_ids: list[str], cards: Cards | None = None) -> pd.DataFrame:
+    results = Path(results_dir)
+    cards = cards or Cards(results)
+    rows, knobs = [], {}
+    for model_id in model_ids:
+        card = cards[model_id]
+        pred = results / "predictions" / model_id
+        costs = read_json(pred / "costs.json")
+        for k, v in (card.get("knobs") or {}).items():
+            knobs.setdefault(k, []).append(v)
+        base = {"model_id": model_id, **{k: card["parts"][k] for k in PARTS}, **cards.lineage(model_id),
+                **(card.get("knobs") or {})}
+        for split, (logits, labels, tags) in read_logits(pred / "logits.parquet").items():
+            rows.append({**base, "split": split, "shift": tags.get("shift", "id"), "corruption": tags.get("corruption"),
+                         "severity": tags.get("severity"), **all_metrics(logits, labels),
+                         **{k: costs.get(k) for k in COSTS}})
+    columns = ["model_id", *PARTS, *LINEAGE, *knobs, *SPLIT_TAGS, *METRICS, *COSTS]
+    df = pd.DataFrame(rows, columns=columns)
     df["seed"] = df["seed"].astype("int64")
     df["severity"] = df["severity"].astype("Int64")
     df["n"] = df["n"].astype("int64")
     for k in ("params", "nonzero_params", "size_bytes"):
         df[k] = df[k].astype("int64")
+    df["trainable_params"] = df["trainable_params"].astype("Int64")
+    clash = set(knobs) & {c for c in columns if columns.count(c) > 1}
+    if clash:
+        raise ValueError(f"knob name(s) {sorted(clash)} collide with metrics columns; rename the knob")
+    df = _typed_knobs(df, knobs)
     return df.sort_values(["model_id", "split"]).reset_index(drop=True)
 
 
-def history_table(models_root: str | Path) -> pd.DataFrame:
-    models_root = Path(models_root)
+def history_table(results_dir: str | Path, model_ids: list[str], cards: Cards | None = None) -> pd.DataFrame:
+    results = Path(results_dir)
+    cards = cards or Cards(results)
     frames = []
-    for model_dir in _model_dirs(models_root):
-        if not (model_dir / "history.json").exists():
+    for model_id in dict.fromkeys(model_ids):
+        path = results / "models" / model_id / "history.json"
+        if not path.exists():
             continue
-        meta = read_json(model_dir / "model.json")
-        h = pd.DataFrame(read_json(model_dir / "history.json"))
-        h.insert(0, "model_id", str(model_dir.relative_to(models_root)))
+        card = cards[model_id]
+        h = pd.DataFrame(read_json(path))
+        h.insert(0, "model_id", model_id)
         for k in PARTS:
-            h[k] = meta["parts"][k]
+            h[k] = card["parts"][k]
+        for k, v in cards.lineage(model_id).items():
+            h[k] = [v] * len(h) if isinstance(v, list) else v
         frames.append(h)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model_id", "epoch"])
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
-def aggregate(models_root: str | Path, predictions_root: str | Path, out_dir: str | Path) -> None:
-    out = Path(out_dir)
-    metrics = metrics_table(models_root, predictions_root)
-    if metrics.empty:
-        raise ValueError(f"no evaluated models under {models_root} / {predictions_root}")
-    write_parquet(metrics, out / "metrics.parquet")
-    write_parquet(history_table(models_root), out / "history.parquet")
-    summary = summary_table(metrics)
-    write_parquet(summary, out / "summary.parquet")
-    print(summary.to_string(index=False))
-
-
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per recipe (seeds pooled): ID accuracy, mean accuracy per OOD shift kind, mean over seeds +- std."""
-    keys = [p for p in PARTS if p != "seed"]
+    keys = [*SLOTS, *(c for c in ("kind", "family") if c in metrics)]
     rows = []
     for key, g in metrics.groupby([*keys, "seed"], dropna=False):
         row = dict(zip([*keys, "seed"], key))
@@ -101,3 +143,21 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     agg.columns = [f"{a}_{b}" for a, b in agg.columns]
     agg["seeds"] = df.groupby(keys, dropna=False)["seed"].nunique()
     return agg.reset_index()
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def aggregate(results_dir: str | Path, model_ids: list[str], history_ids: list[str], out_dir: str | Path) -> None:
+    """Write metrics (``model_ids``), history (``model_ids`` + ``history_ids``) and summary tables."""
+    out, cards = Path(out_dir), Cards(Path(results_dir))
+    if not model_ids:
+        raise ValueError("no evaluated models: the config makes none")
+    metrics = metrics_table(results_dir, model_ids, cards)
+    write_parquet(metrics, out / "metrics.parquet")
+    write_parquet(history_table(results_dir, [*model_ids, *history_ids], cards), out / "history.parquet")
+    summary = summary_table(metrics)
+    write_parquet(summary, out / "summary.parquet")
+    print(summary.to_string(index=False))

@@ -1,16 +1,17 @@
 """Report section "Self-supervised pretraining": tables and figures from the tidy Parquet tables.
 
-Everything here is a pure function of DataFrames (``metrics.parquet``, ``history.parquet``, the
-t-SNE embeddings under ``results/tsne``); figures are written with the helpers of
-:mod:`dlbench.report.figures`. Method names are never hard-coded as a filter: any registered
-pretrain name shows up; the tuples below only fix a display order (by family), unknown names go
-last, alphabetically.
+Everything here is a pure function of DataFrames (``metrics.parquet``, ``history.parquet``,
+``tsne.parquet``). Which rows belong here comes from the lineage columns (``pretrain_family`` of
+the model's pretraining stage), never from a list of method names: any registered method shows
+up. The tuples below only fix a display order (by family, then kind); unknown kinds go last,
+alphabetically. Rows are keyed by variant names (``pretrain``, ``adapt``), so sweeps show up as
+their own rows and columns.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -23,96 +24,112 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dlbench.report.figures import _placeholder, _save  # noqa: E402
+from dlbench.report.plotting import placeholder as _placeholder  # noqa: E402
+from dlbench.report.plotting import save as _save  # noqa: E402
+from dlbench.report.sections import Figure, Section, Tables, register_section  # noqa: E402
+from dlbench.report.tables import f3 as _f3  # noqa: E402
+from dlbench.report.tables import is_plain as _is_plain  # noqa: E402
+from dlbench.report.tables import per_model as _per_model  # noqa: E402
 
-# display order only (family by family); not a filter
+# display order only (family by family, kind by kind); not a filter
 FAMILIES: dict[str, tuple[str, ...]] = {
     "baseline": ("random",),
     "pretext": ("rotation", "jigsaw", "colorization", "inpainting", "relative_location"),
     "contrastive": ("simclr", "moco_v2", "swav", "deepcluster"),
-    "non-contrastive": ("byol", "simsiam", "barlow_twins", "vicreg", "dino"),
+    "self_distillation": ("byol", "simsiam", "barlow_twins", "vicreg", "dino"),
     "masked": ("mae",),
 }
 METHOD_ORDER: tuple[str, ...] = tuple(m for ms in FAMILIES.values() for m in ms)
 PROTOCOL_ORDER: tuple[str, ...] = ("linear", "knn", "finetune", "lpft")
+NOT_SSL = ("language-image",)  # pretraining families with their own section (CLIP)
 SUPERVISED = "supervised (scratch)"
 RANDOM = "random init"
 COLLAPSE_THRESHOLD = 0.05  # final std·sqrt(d) of l2-normalised embeddings below this = collapsed
-TSNE_MAX_POINTS = 2000  # per panel; t-SNE files are subsampled (deterministically) above this
+TSNE_MAX_POINTS = 2000  # per panel; t-SNE tables are subsampled (deterministically) above this
 KEYS = ["dataset", "backbone", "pretrain", "adapt"]
 
 
-def family_of(pretrain: str) -> str:
+def family_of(kind: str) -> str:
+    """The family of a pretraining kind (display order only; the tables carry the real family)."""
     for family, names in FAMILIES.items():
-        if pretrain in names:
+        if kind in names:
             return family
-    return "supervised" if pretrain == "none" else "other"
+    return "supervised" if kind == "none" else "other"
 
 
-def method_label(pretrain: str) -> str:
-    """Display name of a pretrain method; the two baselines get descriptive names."""
-    return {"none": SUPERVISED, "random": RANDOM}.get(pretrain, pretrain)
+def _kinds(df: pd.DataFrame, col: str, kind_col: str) -> dict[str, str]:
+    """variant name -> its kind, from the table (the name itself where the column is missing)."""
+    if col not in df:
+        return {}
+    if kind_col not in df:
+        return {n: n for n in df[col].unique()}
+    return dict(zip(df[col], df[kind_col].fillna(df[col])))
 
 
-def method_order(names: Iterable[str]) -> list[str]:
-    """Pretrain names in display order: the known ones by family, then unknown ones alphabetically,
-    the supervised baseline (``none``) last."""
+def method_label(pretrain: str, kind: str | None = None) -> str:
+    """Display name of a pretrain variant; the two baselines get descriptive names."""
+    kind = kind or pretrain
+    if pretrain == "none":
+        return SUPERVISED
+    return RANDOM if kind == "random" and pretrain == "random" else pretrain
+
+
+def method_order(names: Iterable[str], kinds: dict[str, str] | None = None) -> list[str]:
+    """Pretrain variant names in display order: by their kind's family and rank, unknown kinds
+    alphabetically after, the supervised baseline (``none``) last."""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(set(names), key=lambda m: (m == "none", m not in rank, rank.get(m, 0), m))
+    kinds = kinds or {}
+
+    def key(m: str) -> tuple:
+        k = kinds.get(m, m)
+        return (m == "none", k not in rank, rank.get(k, 0), k, m)
+
+    return sorted(set(names), key=key)
 
 
-def protocol_order(names: Iterable[str]) -> list[str]:
-    """Adaptation protocols in display order (linear, knn, finetune, lpft, others, supervised last)."""
+def protocol_order(names: Iterable[str], kinds: dict[str, str] | None = None) -> list[str]:
+    """Adapt variant names in display order (linear, knn, finetune, lpft kinds, others, supervised last)."""
     rank = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
-    return sorted(set(names), key=lambda p: (p == "supervised", p not in rank, rank.get(p, 0), p))
+    kinds = kinds or {}
+
+    def key(p: str) -> tuple:
+        k = kinds.get(p, p)
+        return ("supervised" in (k, p), k not in rank, rank.get(k, 0), k, p)
+
+    return sorted(set(names), key=key)
 
 
-def _is_plain(df: pd.DataFrame) -> pd.Series:
-    """Single models only: ensembles and compressed models belong to their own sections."""
-    mask = pd.Series(True, index=df.index)
-    for col in ("ensemble", "compress"):
-        if col in df:
-            mask &= df[col].fillna("none") == "none"
-    return mask
+def _is_ssl(df: pd.DataFrame) -> pd.Series:
+    """Models whose pretraining stage is self-supervised (or the random-init baseline)."""
+    if "pretrain_family" in df:
+        fam = df["pretrain_family"]
+        return fam.notna() & ~fam.isin(NOT_SSL) & (df["pretrain"] != "none")
+    return (df["pretrain"] != "none") & ~df["pretrain"].astype(str).str.startswith("clip")
 
 
-def _is_ssl_pretrain(pretrain: pd.Series, methods: Collection[str] | None) -> pd.Series:
-    if methods is not None:
-        return pretrain.isin(list(methods))
-    # every pretrained backbone except the supervised baseline and CLIP (own section)
-    return (pretrain != "none") & ~pretrain.astype(str).str.startswith("clip")
-
-
-def ssl_rows(metrics: pd.DataFrame, methods: Collection[str] | None = None) -> pd.DataFrame:
+def ssl_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     """The rows of metrics.parquet this section is about: SSL-pretrained backbones adapted by some
-    protocol (``random`` included), plus the supervised-from-scratch rows of the same
-    (dataset, backbone) pairs as reference. ``methods``: the pretrain names that count as SSL
-    (default: every name except ``none`` and ``clip*``)."""
+    variant (random init included), plus the supervised-from-scratch rows of the same
+    (dataset, backbone) pairs as reference."""
+    if metrics.empty or not {*KEYS, "seed"} <= set(metrics.columns):  # e.g. no metrics table at all
+        return metrics.iloc[0:0]
     m = metrics[_is_plain(metrics)]
-    ssl = m[_is_ssl_pretrain(m["pretrain"], methods) & (m["adapt"] != "none")]
+    ssl = m[_is_ssl(m) & (m["adapt"] != "none")]
     pairs = set(zip(ssl["dataset"], ssl["backbone"]))
-    sup = m[(m["pretrain"] == "none") & (m["adapt"] == "supervised")]
+    sup = m[(m["pretrain"] == "none") & ((m["kind"] if "kind" in m else m["adapt"]) == "supervised")]
     sup = sup[[(d, b) in pairs for d, b in zip(sup["dataset"], sup["backbone"])]]
     return pd.concat([ssl, sup]) if len(sup) else ssl
 
 
 def per_model(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: ``id_acc`` = mean accuracy over its ID splits, ``ood_acc`` = mean over its
-    OOD shift kinds of the mean accuracy over that kind's splits (each kind weighs the same, so one
-    'style' split weighs as much as the whole 70-split corruption suite)."""
-    cols = ["model_id", *KEYS, "seed"]
-    if metrics.empty:
-        return pd.DataFrame(columns=[*cols, "id_acc", "ood_acc"])
-    base = metrics.groupby("model_id", sort=False)[[*KEYS, "seed"]].first()
-    id_acc = metrics[metrics["shift"] == "id"].groupby("model_id")["acc"].mean().rename("id_acc")
-    kinds = metrics[metrics["shift"] != "id"].groupby(["model_id", "shift"])["acc"].mean()
-    ood_acc = kinds.groupby(level="model_id").mean().rename("ood_acc")
-    return base.join(id_acc).join(ood_acc).reset_index()[[*cols, "id_acc", "ood_acc"]]
+    """One row per model with ``id_acc`` and ``ood_acc`` (see ``dlbench.report.tables.per_model``)."""
+    return _per_model(metrics, KEYS)
 
 
-def ssl_summary(metrics: pd.DataFrame, methods: Collection[str] | None = None) -> pd.DataFrame:
+def ssl_summary(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, backbone, pretrain, adapt), seeds pooled: ``id_acc_mean/std``,
-    ``ood_acc_mean/std`` (std over seeds, NaN for one seed) and ``seeds``.
+    ``ood_acc_mean/std`` (std over seeds, NaN for one seed) and ``seeds``, with the variants'
+    kinds and the pretraining family.
 
     ``ood_acc`` of one model is the mean over its OOD shift kinds (corruption, style, natural,
     domain) of the mean accuracy over that kind's splits: every kind weighs the same, so a single
@@ -120,8 +137,10 @@ def ssl_summary(metrics: pd.DataFrame, methods: Collection[str] | None = None) -
     (SSL methods incl. the random-init baseline, plus the supervised-from-scratch baseline);
     sorted by dataset, backbone, method order, protocol order.
     """
-    cols = [*KEYS, "family", "method", "id_acc_mean", "id_acc_std", "ood_acc_mean", "ood_acc_std", "seeds"]
-    pm = per_model(ssl_rows(metrics, methods))
+    cols = [*KEYS, "pretrain_kind", "adapt_kind", "family", "method", "id_acc_mean", "id_acc_std",
+            "ood_acc_mean", "ood_acc_std", "seeds"]
+    rows = ssl_rows(metrics)
+    pm = per_model(rows)
     if pm.empty:
         return pd.DataFrame(columns=cols)
     g = pm.groupby(KEYS, dropna=False)
@@ -129,19 +148,19 @@ def ssl_summary(metrics: pd.DataFrame, methods: Collection[str] | None = None) -
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["seeds"] = g["seed"].nunique()
     out = out.reset_index()
-    out["family"] = out["pretrain"].map(family_of)
-    out["method"] = out["pretrain"].map(method_label)
-    mrank = {m: i for i, m in enumerate(method_order(out["pretrain"]))}
-    prank = {p: i for i, p in enumerate(protocol_order(out["adapt"]))}
+    pkinds, akinds = _kinds(rows, "pretrain", "pretrain_kind"), _kinds(rows, "adapt", "kind")
+    families = (dict(zip(rows["pretrain"], rows["pretrain_family"])) if "pretrain_family" in rows else {})
+    out["pretrain_kind"] = out["pretrain"].map(pkinds).where(out["pretrain"] != "none", "none")
+    out["adapt_kind"] = out["adapt"].map(akinds)
+    out["family"] = [families.get(p) if isinstance(families.get(p), str) else family_of(k)
+                     for p, k in zip(out["pretrain"], out["pretrain_kind"])]
+    out.loc[out["pretrain"] == "none", "family"] = "supervised"
+    out["method"] = [method_label(p, k) for p, k in zip(out["pretrain"], out["pretrain_kind"])]
+    mrank = {m: i for i, m in enumerate(method_order(out["pretrain"], pkinds))}
+    prank = {p: i for i, p in enumerate(protocol_order(out["adapt"], akinds))}
     out = out.assign(_m=out["pretrain"].map(mrank), _p=out["adapt"].map(prank))
     out = out.sort_values(["dataset", "backbone", "_m", "_p"]).drop(columns=["_m", "_p"])
     return out[cols].reset_index(drop=True)
-
-
-def _f3(v: float) -> str:
-    """0.8134 -> '.813' (compact accuracy for wide tables)."""
-    s = f"{v:.3f}"
-    return s[1:] if s.startswith("0.") else s
 
 
 def _cell(row: pd.Series) -> str:
@@ -166,31 +185,33 @@ def protocol_table(summary: pd.DataFrame) -> pd.DataFrame:
     s = summary.assign(cell=summary.apply(_cell, axis=1))
     table = s.pivot_table(index=["dataset", "backbone", "pretrain"], columns="adapt", values="cell",
                           aggfunc="first", sort=False)
-    table = table.reindex(columns=protocol_order(table.columns)).fillna("")
+    table = table.reindex(columns=protocol_order(table.columns, dict(zip(s["adapt"], s["adapt_kind"])))).fillna("")
     # pivot keeps the summary's row order (sort=False); relabel pretrain -> method
-    table.index = pd.MultiIndex.from_tuples([(d, b, method_label(p)) for d, b, p in table.index],
+    kinds = dict(zip(s["pretrain"], s["pretrain_kind"]))
+    table.index = pd.MultiIndex.from_tuples([(d, b, method_label(p, kinds.get(p))) for d, b, p in table.index],
                                             names=["dataset", "backbone", "method"])
     table.columns.name = "protocol"
     return table
 
 
-def pretrain_history(history: pd.DataFrame, methods: Collection[str] | None = None) -> pd.DataFrame:
-    """The pretraining runs of history.parquet: ``adapt == 'none'`` and an SSL pretrain name."""
+def pretrain_history(history: pd.DataFrame) -> pd.DataFrame:
+    """The pretraining runs of history.parquet (``stage == 'pretrain'``; ``adapt == 'none'`` in
+    tables without the lineage columns) of an SSL family."""
     if history.empty or "pretrain" not in history or "adapt" not in history:
         return history.iloc[0:0]
     h = history[_is_plain(history)]
-    return h[(h["adapt"] == "none") & _is_ssl_pretrain(h["pretrain"], methods)]
+    pretraining = h["stage"] == "pretrain" if "stage" in h else h["adapt"] == "none"
+    return h[pretraining & _is_ssl(h)]
 
 
-def collapse_flags(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD,
-                   methods: Collection[str] | None = None) -> pd.DataFrame:
+def collapse_flags(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) -> pd.DataFrame:
     """Per pretraining run: final and minimum ``val_emb_std_norm`` (std of l2-normalised embeddings
     x sqrt(dim): ~1 well spread, -> 0 at collapse), the final online kNN accuracy, and
     ``collapsed`` = final value < ``threshold``. Runs that never logged the monitor (e.g. the
     untrained random baseline) are left out."""
     cols = ["model_id", "dataset", "backbone", "pretrain", "seed", "epochs", "final_std_norm",
             "min_std_norm", "final_knn_acc", "collapsed"]
-    h = pretrain_history(history, methods)
+    h = pretrain_history(history)
     if h.empty or "val_emb_std_norm" not in h:
         return pd.DataFrame(columns=cols).astype({"collapsed": bool})
     h = h[h["val_emb_std_norm"].notna()].sort_values(["model_id", "epoch"])
@@ -206,10 +227,9 @@ def collapse_flags(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD,
     return out.reset_index()[cols]
 
 
-def collapsed_runs(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD,
-                   methods: Collection[str] | None = None) -> list[str]:
+def collapsed_runs(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) -> list[str]:
     """model_ids of the pretraining runs whose final std·sqrt(d) is below ``threshold``."""
-    flags = collapse_flags(history, threshold, methods)
+    flags = collapse_flags(history, threshold)
     return flags.loc[flags["collapsed"], "model_id"].tolist()
 
 
@@ -220,15 +240,17 @@ def _group_title(dataset: str, backbone: str) -> str:
     return f"{dataset} / {backbone}"
 
 
-def ssl_protocols(metrics: pd.DataFrame, path: Path, methods: Collection[str] | None = None) -> None:
+def ssl_protocols(metrics: pd.DataFrame, path: Path) -> None:
     """Per (dataset, backbone): ID accuracy (top) and mean OOD accuracy (bottom) per method, one
     dodged colour/marker per protocol, mean ± std over seeds; dashed line (band = std): the
     supervised-from-scratch baseline of that dataset and backbone."""
-    summary = ssl_summary(metrics, methods)
+    summary = ssl_summary(metrics)
     ssl = summary[summary["pretrain"] != "none"]
     if ssl.empty:
         return _placeholder(path, "no self-supervised models in this config")
-    protocols = protocol_order(ssl["adapt"])
+    protocols = protocol_order(ssl["adapt"], dict(zip(ssl["adapt"], ssl["adapt_kind"])))
+    pkinds = dict(zip(ssl["pretrain"], ssl["pretrain_kind"]))
+    fams = dict(zip(ssl["pretrain"], ssl["family"]))
     palette = dict(zip(protocols, sns.color_palette("colorblind", len(protocols))))
     markers = dict(zip(protocols, ["o", "s", "D", "^", "v", "P", "X", "*"] * 4))
     groups = list(ssl.groupby(["dataset", "backbone"], sort=True))
@@ -239,7 +261,7 @@ def ssl_protocols(metrics: pd.DataFrame, path: Path, methods: Collection[str] | 
     step = 0.75 / max(len(protocols), 1)
     has_sup = False
     for gi, ((dataset, backbone), g) in enumerate(groups):
-        names = method_order(g["pretrain"])
+        names = method_order(g["pretrain"], pkinds)
         xpos = {m: i for i, m in enumerate(names)}
         sup = summary[(summary["pretrain"] == "none") & (summary["dataset"] == dataset)
                       & (summary["backbone"] == backbone)]
@@ -249,11 +271,15 @@ def ssl_protocols(metrics: pd.DataFrame, path: Path, methods: Collection[str] | 
                          f"{'ID' if kind == 'id' else 'OOD (mean over shift kinds)'}", fontsize=9)
             ax.set_xticks(range(len(names)))
             ax.set_xlim(-0.5, len(names) - 0.5)
-            ax.set_xticklabels([method_label(m) for m in names] if k == 1 else [], rotation=35, ha="right",
-                               rotation_mode="anchor")
+            ax.set_xticklabels([method_label(m, pkinds.get(m)) for m in names] if k == 1 else [], rotation=35,
+                               ha="right", rotation_mode="anchor")
             ax.grid(False, axis="x")
-            for i in range(1, len(names)):
-                ax.axvline(i - 0.5, c="0.85", lw=0.8)
+            for i in range(1, len(names)):  # between methods; darker between families
+                new_family = fams.get(names[i]) != fams.get(names[i - 1])
+                ax.axvline(i - 0.5, c="0.55" if new_family else "0.85", lw=1.2 if new_family else 0.8)
+            if k == 1:
+                ax.set_xlabel("pretraining method (dark lines separate families: "
+                              f"{', '.join(dict.fromkeys(_family_title(fams[m]) for m in names))})", fontsize=8)
             if g[f"{kind}_acc_mean"].isna().all():
                 ax.set_yticks([])
                 ax.text(0.5, 0.5, f"no {'ID' if kind == 'id' else 'OOD'} splits", ha="center", va="center",
@@ -292,141 +318,189 @@ def _context(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def _run_label(h: pd.DataFrame) -> pd.Series:
-    """Method name, with the varying dataset/backbone in brackets when several pairs are present."""
-    ctx = _context(h)
-    return pd.Series([f"{p} ({c})" if c else str(p) for p, c in zip(h["pretrain"], ctx)], index=h.index)
+def _family_title(family: str) -> str:
+    return str(family).replace("_", "-")
 
 
 def ssl_collapse(history: pd.DataFrame, path: Path, threshold: float = COLLAPSE_THRESHOLD,
-                 logy: bool | None = None, methods: Collection[str] | None = None) -> None:
-    """Pretraining curves: ``val_emb_std_norm`` per epoch (dashed: the collapse threshold) and
-    online ``val_knn_acc`` per epoch; one line per method (mean over seeds, band = std), line
-    style by family; red x: final value of each collapsed run (one seed can collapse while the mean
-    does not). ``logy=None``: log scale when the values span more than a decade."""
-    h = pretrain_history(history, methods)
+                 logy: bool | None = None) -> None:
+    """Pretraining curves, one column per pretraining family (at most five methods a panel, so
+    colours stay apart): top row ``val_emb_std_norm`` per epoch (dashed red: the collapse
+    threshold; red x: final value of each collapsed run, since one seed can collapse while the
+    mean does not), bottom row online ``val_knn_acc``. One colour per method within its family,
+    mean over seeds, band = std; line style per dataset/backbone when there are several.
+    ``logy=None``: log scale when the values span more than a decade."""
+    h = pretrain_history(history)
     if h.empty or "val_emb_std_norm" not in h or h["val_emb_std_norm"].notna().sum() == 0:
         return _placeholder(path, "no self-supervised pretraining history")
-    h = h.assign(method=_run_label(h), family=h["pretrain"].map(family_of))
-    order = h.assign(_r=h["pretrain"].map({m: i for i, m in enumerate(method_order(h["pretrain"]))}))
-    hue_order = list(dict.fromkeys(order.sort_values(["_r", "method"])["method"]))
-    fam_order = [f for f in [*FAMILIES, "other"] if f in set(h["family"])]
-    palette = dict(zip(hue_order, sns.color_palette("husl", len(hue_order))))
+    kinds = _kinds(h, "pretrain", "kind")
+    family = (h["family"] if "family" in h else h["pretrain"].map(lambda p: family_of(kinds.get(p, p))))
+    h = h.assign(_family=family.fillna("other").astype(str), _ctx=_context(h))
+    fams = [f for f in FAMILIES if f in set(h["_family"])]
+    fams += sorted(set(h["_family"]) - set(fams))
+    contexts = sorted(set(h["_ctx"]))
+    styles = dict(zip(contexts, ["-", "--", ":", "-."] * 4))
     knn = "val_knn_acc" in h and h["val_knn_acc"].notna().any()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
-    for a in axes.flat:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax = axes[0, 0]
-    std = h[h["val_emb_std_norm"].notna()]
-    sns.lineplot(data=std, x="epoch", y="val_emb_std_norm", hue="method", hue_order=hue_order, palette=palette,
-                 style="family", style_order=fam_order, errorbar="sd", ax=ax, legend=not knn)
-    ax.axhline(threshold, ls="--", c="red", lw=1)
-    flags = collapse_flags(history, threshold, methods)
-    bad = flags[flags["collapsed"]]
-    if len(bad):  # the seed mean can hide one collapsed seed: mark each collapsed run's final value
-        ax.scatter(bad["epochs"], bad["final_std_norm"].clip(lower=1e-6), marker="x", c="red", s=30, zorder=5)
-        if knn:  # the methods' legend is on the right panel
-            ax.legend(handles=[Line2D([], [], ls="none", marker="x", c="red", label="collapsed run (final)")],
-                      loc="lower left", fontsize=7)
-    ax.text(ax.get_xlim()[0], threshold, f" collapse threshold {threshold:g}", color="red", va="bottom", fontsize=7)
-    pos = std["val_emb_std_norm"][std["val_emb_std_norm"] > 0]
+    rows = [("val_emb_std_norm", "val embedding std · √d")]
+    if knn:
+        rows.append(("val_knn_acc", "online kNN accuracy (val)"))
+    ncols = len(fams)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(max(3.1 * ncols, 6.0), 2.5 * len(rows) + 1.6), squeeze=False,
+                             sharey="row", layout="constrained")
+    bad = collapse_flags(history, threshold)
+    bad = bad[bad["collapsed"]].set_index("model_id")
+    for c, fam in enumerate(fams):
+        g = h[h["_family"] == fam]
+        methods = method_order(g["pretrain"], kinds)
+        colours = dict(zip(methods, sns.color_palette("colorblind" if len(methods) <= 10 else "husl", len(methods))))
+        for r, (col, ylabel) in enumerate(rows):
+            ax = axes[r, c]
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            drawn = False
+            for m in methods:
+                for ctx in contexts:
+                    run = g[(g["pretrain"] == m) & (g["_ctx"] == ctx) & g[col].notna()]
+                    if run.empty:
+                        continue
+                    st = run.groupby("epoch")[col].agg(["mean", "std"])
+                    ax.plot(st.index, st["mean"], color=colours[m], ls=styles[ctx], marker="o", ms=3, lw=1.3)
+                    if st["std"].fillna(0).gt(0).any():
+                        ax.fill_between(st.index, st["mean"] - st["std"].fillna(0), st["mean"] + st["std"].fillna(0),
+                                        color=colours[m], alpha=0.15, lw=0)
+                    drawn = True
+            if not drawn:
+                ax.text(0.5, 0.5, f"no {col} logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            if r == 0:
+                ax.set_title(_family_title(fam), fontsize=10)
+                ax.axhline(threshold, ls="--", c="red", lw=1)
+                mine = bad[bad.index.isin(set(g["model_id"]))]
+                if len(mine):
+                    ax.scatter(mine["epochs"], mine["final_std_norm"].clip(lower=1e-6), marker="x", c="red", s=40,
+                               zorder=5)
+            ax.set_ylabel(ylabel if c == 0 else "")
+            ax.set_xlabel("epoch" if r == len(rows) - 1 else "")
+        handles = [Line2D([], [], color=colours[m], marker="o", ms=3, label=method_label(m, kinds.get(m)))
+                   for m in methods]
+        axes[-1, c].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.28), fontsize=8,
+                           frameon=False, ncol=1 if len(handles) <= 5 else 2, title="method", title_fontsize=8)
+    pos = h["val_emb_std_norm"][h["val_emb_std_norm"] > 0]
     if logy is None:
         logy = len(pos) > 0 and pos.max() / pos.min() > 10
     if logy:
-        ax.set_yscale("log")
-    ax.set_ylabel("val embedding std · sqrt(d)")
-    ax.set_title("collapse monitor (~1 spread, -> 0 collapsed)", fontsize=9)
-    ax2 = axes[0, 1]
-    if knn:
-        sns.lineplot(data=h[h["val_knn_acc"].notna()], x="epoch", y="val_knn_acc", hue="method", hue_order=hue_order,
-                     palette=palette, style="family", style_order=fam_order, errorbar="sd", ax=ax2)
-        ax2.set_ylabel("online kNN accuracy (val)")
-        ax2.set_title("kNN accuracy during pretraining", fontsize=9)
-        legend_ax = ax2
-    else:
-        ax2.axis("off")
-        ax2.text(0.5, 0.5, "no val_knn_acc logged", ha="center", va="center")
-        legend_ax = ax
-    if legend_ax.get_legend() is not None:
-        sns.move_legend(legend_ax, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
+        axes[0, 0].set_yscale("log")  # the row shares y
+    keys = [Line2D([], [], ls="--", c="red", lw=1, label=f"collapse threshold {threshold:g}")]
+    if len(bad):
+        keys.append(Line2D([], [], ls="none", marker="x", c="red", label="collapsed run (final epoch)"))
+    if len(contexts) > 1:
+        keys += [Line2D([], [], ls=styles[ctx], c="0.3", label=ctx) for ctx in contexts]
+    axes[0, 0].legend(handles=keys, loc="best", fontsize=7, framealpha=0.8)
+    fig.suptitle("Self-supervised pretraining: representation spread (~1 spread, -> 0 collapsed) and online kNN "
+                 "accuracy; mean over seeds, band: std", fontsize=10)
     _save(fig, path)
 
 
-def read_tsne(tsne_dir: str | Path | None) -> pd.DataFrame:
-    """All ``<tsne_dir>/<dataset>/<backbone>/<pretrain>/seed<N>.parquet`` files as one frame with
-    the path parts as columns (empty frame when the directory is missing)."""
-    cols = ["dataset", "backbone", "pretrain", "seed", "x", "y", "label", "stage"]
-    if tsne_dir is None or not Path(tsne_dir).is_dir():
-        return pd.DataFrame(columns=cols)
-    root, frames = Path(tsne_dir), []
-    for f in sorted(root.glob("*/*/*/seed*.parquet")):
-        dataset, backbone, pretrain = f.relative_to(root).parts[:3]
-        try:
-            seed = int(f.stem.removeprefix("seed"))
-        except ValueError:
-            continue
-        df = pd.read_parquet(f)
-        frames.append(df.assign(dataset=dataset, backbone=backbone, pretrain=pretrain, seed=seed))
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols]
-
-
-def ssl_tsne(tsne: pd.DataFrame, path: Path, ncols: int = 6, max_points: int = TSNE_MAX_POINTS) -> None:
-    """Grid of t-SNE scatter plots, one per method (first seed present), coloured by class label:
-    the frozen pretrained features first, then (when present) the features after fine-tuning."""
+def ssl_tsne(tsne: pd.DataFrame, path: Path, ncols: int = 6, max_points: int = TSNE_MAX_POINTS,
+             kinds: dict[str, str] | None = None) -> None:
+    """Grid of t-SNE scatter plots, one per pretrain variant (first seed), coloured by class: the
+    frozen pretrained features first, then (when present) the features after fine-tuning.
+    ``kinds``: pretrain variant -> kind (display order and labels; the metrics table has them)."""
     if tsne.empty:
         return _placeholder(path, "no t-SNE embeddings")
     first = tsne.groupby(["dataset", "backbone", "pretrain"])["seed"].transform("min")
     t = tsne[tsne["seed"] == first]
     t = t.assign(_ctx=_context(t))
-    stages = [s for s in ("pretrained", "finetuned") if s in set(t["stage"])]
-    stages += sorted(set(t["stage"]) - set(stages))
+    kinds = kinds or {}
+    stages = [s for s in ("pretrained", "finetuned") if s in set(t["panel"])]
+    stages += sorted(set(t["panel"]) - set(stages))
     titles = {"pretrained": "frozen pretrained features", "finetuned": "after fine-tuning"}
-    labels = sorted(pd.unique(t["label"]))
+    names = (t[["label", "class"]].drop_duplicates().sort_values("label").set_index("label")["class"]
+             if "class" in t else pd.Series({v: str(v) for v in sorted(pd.unique(t["label"]))}))
+    labels = list(names.index)
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20" if len(labels) <= 20 else "viridis")
     colour = {lab: cmap(i / max(len(labels) - 1, 1)) if len(labels) > 20 else cmap(i) for i, lab in enumerate(labels)}
 
-    blocks = []
+    blocks = []  # per panel kind: its points and its grid rows (each dataset/backbone starts a row)
     for stage in stages:
-        s = t[t["stage"] == stage]
-        keys = []
-        for (d, b), g in s.groupby(["dataset", "backbone"], sort=True):
-            keys += [(d, b, p) for p in method_order(g["pretrain"])]
-        blocks.append((stage, s, keys))
-    ncols = max(1, min(ncols, max(len(k) for _, _, k in blocks)))
-    nrows = [math.ceil(len(k) / ncols) for _, _, k in blocks]
+        s = t[t["panel"] == stage]
+        groups = [[(d, b, p) for p in method_order(g["pretrain"], kinds)]
+                  for (d, b), g in s.groupby(["dataset", "backbone"], sort=True)]
+        blocks.append((stage, s, groups))
+    ncols = max(1, min(ncols, max(len(k) for _, _, gs in blocks for k in gs)))
+    nrows = [sum(math.ceil(len(k) / ncols) for k in gs) for _, _, gs in blocks]
     panel = 1.7
-    fig = plt.figure(figsize=(panel * ncols, panel * sum(nrows) + 0.45 * len(blocks) + 0.4), layout="constrained")
+    fig = plt.figure(figsize=(panel * ncols, panel * sum(nrows) + 0.45 * len(blocks) + 0.8), layout="constrained")
     subfigs = fig.subfigures(len(blocks), 1, height_ratios=[r * panel + 0.45 for r in nrows], squeeze=False)
     rng = np.random.default_rng(0)
-    for (stage, s, keys), rows, sf in zip(blocks, nrows, subfigs[:, 0]):
+    for (stage, s, groups), rows, sf in zip(blocks, nrows, subfigs[:, 0]):
         sf.suptitle(f"t-SNE, {titles.get(stage, stage)}", fontsize=10)
         axes = sf.subplots(rows, ncols, squeeze=False)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_visible(False)
-        for ax, (d, b, p) in zip(axes.flat, keys):
+        keys = [key for k in groups for key in k + [None] * (-len(k) % ncols)]  # pad each group to full rows
+        for ax, key in zip(axes.flat, keys):
+            if key is None:
+                continue
+            d, b, p = key
             pts = s[(s["dataset"] == d) & (s["backbone"] == b) & (s["pretrain"] == p)]
             if len(pts) > max_points:
                 pts = pts.iloc[np.sort(rng.choice(len(pts), max_points, replace=False))]
             ax.set_visible(True)
-            ax.scatter(pts["x"], pts["y"], c=[colour[v] for v in pts["label"]], s=2, alpha=0.7, lw=0,
-                       rasterized=True)
+            ax.scatter(pts["x"], pts["y"], c=[colour[v] for v in pts["label"]], s=5 if len(pts) <= 600 else 2,
+                       alpha=0.8, lw=0, rasterized=True)
             ctx = pts["_ctx"].iloc[0] if len(pts) else ""
-            ax.set_title(f"{method_label(p)}\n{ctx}" if ctx else method_label(p), fontsize=7)
-    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=colour[lab], label=str(lab)) for lab in labels]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 10), fontsize=7, frameon=False,
-               title="class label", title_fontsize=7)
+            label = method_label(p, kinds.get(p))
+            ax.set_title(f"{label}\n{ctx}" if ctx else label, fontsize=7)
+    handles = [Line2D([], [], ls="none", marker="o", ms=4, color=colour[lab], label=str(names[lab])) for lab in labels]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 10), fontsize=8, frameon=False,
+               title="class", title_fontsize=8)
     _save(fig, path)
 
 
-def make_ssl_figures(metrics: pd.DataFrame, history: pd.DataFrame, tsne_dir: str | Path | None,
-                     out_dir: str | Path, threshold: float = COLLAPSE_THRESHOLD) -> None:
-    """The three figures of the section (each a placeholder image when it has no data)."""
-    out = Path(out_dir)
-    ssl_protocols(metrics, out / "ssl_protocols.png")
-    ssl_collapse(history, out / "ssl_collapse.png", threshold=threshold)
-    ssl_tsne(read_tsne(tsne_dir), out / "ssl_tsne.png")
+def collapse_html(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) -> str:
+    """The collapsed pretraining runs as a red-flagged table, or one sentence saying none did."""
+    flags = collapse_flags(history, threshold)
+    bad = flags[flags["collapsed"]]
+    if flags.empty:
+        return "<p class='empty'>No collapse monitor (val_emb_std_norm) logged by any pretraining run.</p>"
+    if bad.empty:
+        return (f"<p>No pretraining run collapsed (final std·sqrt(d) ≥ {threshold:g} "
+                f"for all {len(flags)} runs).</p>")
+    table = bad.drop(columns=["collapsed"]).rename(columns=lambda c: c.replace("_", " "))
+    return (f"<p class='alert'>WARNING: {len(bad)} of {len(flags)} pretraining runs collapsed "
+            f"(final std·sqrt(d) &lt; {threshold:g}); their probes measure a collapsed representation.</p>"
+            + table.to_html(index=False, border=0, classes="alert-table", float_format="{:.4f}".format))
+
+
+def render(tables: Tables, figures: Path) -> list[str]:
+    """HTML parts of the section (empty list when the config has no SSL models)."""
+    from dlbench.report.html import figure_html
+
+    summary = ssl_summary(tables["metrics"])
+    if not (summary["pretrain"] != "none").any():
+        return []
+    parts = ["<h3>Protocols</h3><p>Mean ± std over seeds. OOD: mean over shift kinds of the mean accuracy "
+             "over each kind's splits (one style split weighs as much as the whole corruption suite).</p>",
+             protocol_table(summary).to_html(classes="results", border=0),
+             "<h3>Representation collapse</h3>", collapse_html(tables["history"])]
+    return parts + [figure_html(figures / f.name, f.caption) for f in SECTION.figures if (figures / f.name).exists()]
+
+
+SECTION = register_section(Section(
+    "ssl", "Self-supervised pretraining",
+    "Pretext tasks, contrastive and self-distillation methods, MAE; probes and fine-tuning.", order=20,
+    figures=(
+        Figure("ssl_protocols.png", "ID accuracy (top) and mean OOD accuracy over shift kinds (bottom) per "
+               "pretraining method and adaptation variant, mean ± std over seeds. Dashed line and band: supervised "
+               "training from scratch on the same backbone. 'random init': the untrained backbone.",
+               lambda tables, path: ssl_protocols(tables["metrics"], path)),
+        Figure("ssl_collapse.png", "Pretraining curves. Left: std of l2-normalised validation embeddings x "
+               "sqrt(dim) (~1 well spread, -> 0 collapsed; dashed red: collapse threshold). Right: online kNN "
+               "accuracy on the val split. Mean over seeds, band: std.",
+               lambda tables, path: ssl_collapse(tables["history"], path)),
+        Figure("ssl_tsne.png", "t-SNE of a class-balanced subset of the test split per method (first seed), "
+               "coloured by class: frozen pretrained features, and after fine-tuning where available.",
+               lambda tables, path: ssl_tsne(tables["tsne"], path,
+                                             kinds=_kinds(tables["metrics"], "pretrain", "pretrain_kind"))),
+    ), render=render))

@@ -1,4 +1,5 @@
-"""Distillation family (BYOL, SimSiam, Barlow Twins, VICReg, DINO): teachers, schedules, each method's loss.
+"""Self-distillation family (BYOL, SimSiam, Barlow Twins, VICReg, DINO): teachers, schedules, each method's loss,
+and the components it shares with contrastive (momentum teacher, multi-crop).
 
 What every method must do is in test_ssl_methods.py."""
 
@@ -9,11 +10,12 @@ import torch
 from torch import nn
 
 from dlbench.pretrain import losses
-from dlbench.pretrain.base import cosine_momentum
-from dlbench.pretrain.distillation import BYOL, DINO
-from dlbench.pretrain.views import make_view
+from dlbench.pretrain.components import (MomentumTeacher, cosine_momentum, ema_update, encode_views, local_crop_size,
+                                         multicrop_config)
+from dlbench.pretrain.self_distillation import BYOL, DINO
+from dlbench.pretrain.views import ViewConfig, make_view
 
-from .ssl_helpers import BATCH, SMALL_PARAMS as SMALL, loss_of, make, sgd_step
+from .ssl_helpers import BATCH, SMALL_PARAMS as SMALL, VIT_SPEC, first_batch, loss_of, make, sgd_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,8 +42,9 @@ def test_teacher_follows_the_scheduled_ema_and_gets_no_gradient(name):
 
 def test_byol_loss_is_symmetric_byol_loss_with_solarised_second_view():
     m = make("byol")
-    x = m.setup.images[:BATCH].permute(0, 3, 1, 2).float().div(255)
-    loss, _ = m.training_loss(x, torch.full((BATCH,), -1), torch.Generator().manual_seed(0))
+    b = first_batch(m)
+    x = b.images
+    loss, _ = m.training_loss(b, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
     v1 = make_view(x, m.setup.views, g)
     v2 = make_view(x, m.setup.views.with_(solarize_p=0.2), g)
@@ -102,8 +105,9 @@ def test_dino_prototype_layer_frozen_during_the_first_steps_and_local_crops_smal
 
 def test_simsiam_loss_is_symmetric_neg_cosine_and_heads_have_the_paper_shape():
     m = make("simsiam")
-    x = m.setup.images[:BATCH].permute(0, 3, 1, 2).float().div(255)
-    loss, stats = m.training_loss(x, torch.full((BATCH,), -1), torch.Generator().manual_seed(0))
+    b = first_batch(m)
+    x = b.images
+    loss, stats = m.training_loss(b, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
     z1, z2 = (m.projector(m.encode(make_view(x, m.setup.views, g))) for _ in range(2))
     expected = 0.5 * (losses.neg_cosine(m.predictor(z1), z2) + losses.neg_cosine(m.predictor(z2), z1))
@@ -126,3 +130,51 @@ def test_barlow_twins_off_diagonal_weight_is_used():
     b = make("barlow_twins", params={**SMALL["barlow_twins"], "lambda_offdiag": 0.0})
     la, lb = loss_of(a)[0], loss_of(b)[0]
     assert float(la.detach()) > float(lb.detach()) > 0
+
+
+# --------------------------------------------------------------------------- shared components
+
+
+def test_teacher_is_a_frozen_normalising_copy_and_ema_copies_buffers():
+    m = make("byol")
+    t = m.target
+    assert isinstance(t, MomentumTeacher) and t.backbone is not m.backbone
+    assert torch.equal(t.backbone.mean, m.backbone.mean) and torch.equal(t.backbone.std, m.backbone.std)
+    x = first_batch(m).images
+    m.model.eval()
+    with torch.no_grad():  # a fresh copy: the same output as the online branch on [0, 1] images
+        torch.testing.assert_close(t(x), m.projector(m.encode(x)))
+    with torch.no_grad():
+        m.backbone.net.bn1.running_mean.add_(1.0)
+    ema_update(t.backbone, m.backbone, 0.5)
+    assert torch.equal(t.backbone.net.bn1.running_mean, m.backbone.net.bn1.running_mean)  # buffers copied
+    assert cosine_momentum(0.99, 0, 10) == pytest.approx(0.99) and cosine_momentum(0.99, 10, 10) == pytest.approx(1)
+
+
+def test_local_crop_size_and_multicrop_on_a_fixed_size_vit():
+    assert local_crop_size(False, 32, None) == 16 and local_crop_size(False, 32, 12) == 12
+    assert local_crop_size(False, 12, None) == 8  # never below 8 px
+    assert local_crop_size(True, 32, 12) == 32  # one input size only: small area, full side
+    m = make("dino", spec=VIT_SPEC)
+    assert m.backbone.fixed_size and m.views.local_size == 32 and m.views.local_crops == 2
+    resnet = make("dino").backbone
+    assert not resnet.fixed_size and multicrop_config(m.setup, resnet, 3, None).local_size == 16
+    m.setup.views = ViewConfig(size=24)  # global views resized: local crops follow the global side
+    assert multicrop_config(m.setup, m.backbone, 3, None) == ViewConfig(size=24, local_crops=3, local_size=24)
+    assert multicrop_config(m.setup, resnet, 3, None).local_size == 12
+    m.setup.views = ViewConfig()
+    loss, _ = loss_of(m)
+    assert torch.isfinite(loss)
+
+
+def test_encode_views_groups_consecutive_views_of_one_size():
+    calls = []
+
+    def encode(x):
+        calls.append(tuple(x.shape))
+        return x.mean((2, 3))
+
+    views = [torch.rand(4, 3, s, s) for s in (32, 32, 16, 16, 16, 32)]
+    out = encode_views(encode, views)
+    assert calls == [(8, 3, 32, 32), (12, 3, 16, 16), (4, 3, 32, 32)]  # BN sees each run of one size together
+    assert all(torch.allclose(o, v.mean((2, 3))) for o, v in zip(out, views, strict=True))

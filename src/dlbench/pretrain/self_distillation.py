@@ -3,7 +3,8 @@
 No negatives: two views of an image must agree, and collapse is prevented by asymmetry
 (predictor + stop-gradient, momentum teacher, centring/sharpening) or by a regulariser on
 the embedding statistics. Losses come from ``dlbench.pretrain.losses``; the momentum
-teacher, step counter and multi-crop helpers are shared with ``contrastive``.
+teacher, step counter and multi-crop helpers (``dlbench.pretrain.components``) are shared with
+``contrastive``.
 
 Defaults are scaled from the papers (ImageNet, 224 px, batch 256-4096, 100-1000 epochs)
 to 32 px images, ~8000 unlabeled images and a few CPU epochs; each class says what.
@@ -18,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlbench.pretrain import losses
-from dlbench.pretrain.base import PretrainMethod, PretrainSetup, cosine_momentum, mlp, register_method
-from dlbench.pretrain.contrastive import MomentumTeacher, StepCounter, encode_views, multicrop_config
+from dlbench.pretrain.base import PretrainMethod, PretrainSetup, mlp, register_method
+from dlbench.pretrain.components import (MomentumTeacher, MultiCrop, StepCounter, cosine_momentum, encode_views,
+                                         multicrop_config)
 from dlbench.pretrain.views import make_view
+from dlbench.train.engine import Batch
 
 Stats = dict[str, torch.Tensor]
 
@@ -41,7 +44,7 @@ def _embedding_std(z: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- BYOL
 
 
-@register_method("byol", family="distillation")
+@register_method("byol", family="self_distillation")
 class BYOL(PretrainMethod):
     """BYOL (Grill et al. 2020): online (backbone, projector, predictor) regresses a momentum target.
 
@@ -70,8 +73,8 @@ class BYOL(PretrainMethod):
         self.model["target"] = self.target
         self.momentum = float(p["base_momentum"])
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v1, v2 = _two_views(self, images, gen, self.params["solarize_p"])
         p1 = self.predictor(self.projector(self.encode(v1)))
         p2 = self.predictor(self.projector(self.encode(v2)))
@@ -88,7 +91,7 @@ class BYOL(PretrainMethod):
 # --------------------------------------------------------------------------- SimSiam
 
 
-@register_method("simsiam", family="distillation")
+@register_method("simsiam", family="self_distillation")
 class SimSiam(PretrainMethod):
     """SimSiam (Chen & He 2021): BYOL without the momentum encoder; stop-gradient alone avoids collapse.
 
@@ -109,8 +112,8 @@ class SimSiam(PretrainMethod):
         self.model["projector"] = self.projector
         self.model["predictor"] = self.predictor
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v1, v2 = _two_views(self, images, gen)
         z1, z2 = self.projector(self.encode(v1)), self.projector(self.encode(v2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -121,7 +124,7 @@ class SimSiam(PretrainMethod):
 # --------------------------------------------------------------------------- Barlow Twins
 
 
-@register_method("barlow_twins", family="distillation")
+@register_method("barlow_twins", family="self_distillation")
 class BarlowTwins(PretrainMethod):
     """Barlow Twins (Zbontar et al. 2021): cross-correlation of the two views' embeddings -> identity.
 
@@ -138,8 +141,8 @@ class BarlowTwins(PretrainMethod):
         self.projector = mlp(self.feature_dim, p["proj_hidden"], p["proj_dim"], layers=3)
         self.model["projector"] = self.projector
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v1, v2 = _two_views(self, images, gen)
         z1, z2 = self.projector(self.encode(v1)), self.projector(self.encode(v2))
         loss = losses.barlow_twins_loss(z1, z2, lambda_offdiag=self.params["lambda_offdiag"])
@@ -149,7 +152,7 @@ class BarlowTwins(PretrainMethod):
 # --------------------------------------------------------------------------- VICReg
 
 
-@register_method("vicreg", family="distillation")
+@register_method("vicreg", family="self_distillation")
 class VICReg(PretrainMethod):
     """VICReg (Bardes et al. 2022): invariance + variance hinge + covariance decorrelation.
 
@@ -166,8 +169,8 @@ class VICReg(PretrainMethod):
         self.expander = mlp(self.feature_dim, p["proj_hidden"], p["proj_dim"], layers=3)
         self.model["expander"] = self.expander
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         v1, v2 = _two_views(self, images, gen)
         z1, z2 = self.expander(self.encode(v1)), self.expander(self.encode(v2))
         p = self.params
@@ -209,8 +212,8 @@ class DINOHead(nn.Module):
         return F.linear(x, w.detach() if self.freeze_last else w)
 
 
-@register_method("dino", family="distillation")
-class DINO(PretrainMethod):
+@register_method("dino", family="self_distillation")
+class DINO(MultiCrop, PretrainMethod):
     """DINO (Caron et al. 2021): a student matches the centred, sharpened outputs of a momentum teacher.
 
     Student = backbone + :class:`DINOHead` on all views (2 global + ``local_crops`` small
@@ -267,8 +270,8 @@ class DINO(PretrainMethod):
             return hi
         return lo + (hi - lo) * step / self.warmup_steps
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                      gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, Stats]:
+        images = batch.images
         step = self.counter.value
         p = self.params
         cfg = self.views

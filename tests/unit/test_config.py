@@ -1,0 +1,161 @@
+"""Config checking: every error fails at config time and names the key (no job runs first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlbench.config import ConfigError, check, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ["config.yaml", "configs/smoke.yaml", "configs/stl10.yaml"]
+
+
+def raw(name: str = "configs/smoke.yaml") -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def fails(cfg: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        check(cfg)
+
+
+@pytest.fixture(scope="module")
+def methods():
+    from dlbench.pretrain.base import load_all
+
+    return load_all()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / name)
+    assert cfg["pretrain"]["runs"] and cfg["adapt"]["variants"]
+
+
+def test_default_config_runs_every_registered_method_and_kind(methods):
+    from dlbench.adapt.base import load_all
+
+    cfg = load_config(ROOT / "config.yaml")
+    listed = {v for run in cfg["pretrain"]["runs"] for v in run["variants"]}
+    assert listed == set(methods.names()), sorted(set(methods.names()) - listed)
+    kinds = {v.get("kind", k) for k, v in cfg["adapt"]["variants"].items()}
+    assert kinds == set(load_all().names())
+
+
+def test_smoke_config_runs_one_method_per_family(methods):
+    cfg = load_config(ROOT / "configs/smoke.yaml")
+    families = [methods.get(v).family for run in cfg["pretrain"]["runs"] for v in run["variants"]]
+    assert set(families) == {m.family for m in (methods.get(n) for n in methods.names())}
+
+
+# ---- the three configs a new user got past `snakemake -n` before -------------------------------
+
+def test_method_parameter_typo_fails_naming_the_key():
+    cfg = raw()
+    cfg["pretrain"]["variants"] = {"simclr": {"params": {"temprature": 0.2}}}
+    fails(cfg, r"pretrain\.variants\.simclr\.params: unknown parameter 'temprature' of pretrain kind 'simclr'; "
+               r"known: .*temperature")
+
+
+def test_eval_split_the_dataset_lacks_fails_naming_the_key():
+    cfg = raw()
+    cfg["datasets"]["shapes"]["eval"][0] = {"split": "tset"}
+    fails(cfg, r"datasets\.shapes\.eval\[0\]\.split: dataset 'shapes' has no split 'tset'; splits: .*test")
+
+
+def test_unknown_device_fails_naming_the_key():
+    cfg = raw()
+    cfg["device"] = "tpu"
+    fails(cfg, r"config key device: 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+# ---- more errors that name the key -----------------------------------------------------------
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda c: c["backbones"]["tiny"].update(model="resnet_does_not_exist"),
+     r"backbones\.tiny\.model: unknown timm model 'resnet_does_not_exist'"),
+    (lambda c: c["datasets"].update(imagenot=c["datasets"]["digits"]), r"datasets\.imagenot: unknown dataset"),
+    (lambda c: c["supervised"]["train"].update(epocs=3), r"unknown config key supervised\.train\.epocs"),
+    (lambda c: c["supervised"]["train"].update(epochs=-2), r"supervised\.train\.epochs: -2 is less than the minimum"),
+    (lambda c: c["datasets"]["shapes"].update(train_split="trian"), r"datasets\.shapes\.train_split: .*no split 'trian'"),
+    (lambda c: c["datasets"]["shapes"]["corruptions"].update(source="tst"), r"corruptions\.source: .*no split 'tst'"),
+    (lambda c: c["datasets"]["shapes"]["corruptions"]["types"].append("frost"), r"unknown corruption 'frost'"),
+    (lambda c: c["pretrain"]["runs"][0]["variants"].append("simclrr"),
+     r"pretrain\.runs\[0\]\.variants: 'simclrr' is neither a variant"),
+    (lambda c: c["pretrain"].update(variants={"x": {"kind": "bogus"}}), r"pretrain\.variants\.x\.kind: unknown pretrain kind"),
+    (lambda c: c["pretrain"]["runs"][0]["variants"].append("mae"),
+     r"pretrain\.runs\[0\]\.variants: 'mae' \(kind mae\) needs a Vision Transformer"),
+    (lambda c: c["pretrain"]["views"].update(blur_p=0.5), r"unknown config key pretrain\.views\.blur_p"),
+    (lambda c: c["pretrain"].update(variants={"simclr": {"views": {"blur_p": 0.5}}}),
+     r"pretrain\.variants\.simclr\.views\.blur_p"),
+    (lambda c: c["pretrain"].update(variants={"simclr": {"sweep": {"temperature": [0.1, 0.2]}}}),
+     r"pretrain\.variants\.simclr\.sweep\.temperature: not a knob of kind 'simclr'; knobs: epochs, lr"),
+    (lambda c: c["pretrain"]["train"].update(schedule="cosine_wrong"), r"pretrain\.train: .*cosine_wrong"),
+    (lambda c: c["adapt"]["variants"].update(prompt={}), r"adapt\.variants\.prompt\.kind: unknown adapt kind 'prompt'"),
+    (lambda c: c["adapt"]["variants"]["knn"].update(kk=5),
+     r"unknown config key adapt\.variants\.knn\.kk: not a parameter of adapt kind 'knn'"),
+    (lambda c: c["adapt"]["variants"]["finetune"].pop("train"), r"adapt\.variants\.finetune\.train: required"),
+    (lambda c: c["adapt"]["variants"]["finetune"]["train"].update(lr=-1),
+     r"adapt\.variants\.finetune\.train\.lr: -1 is less than or equal to the minimum"),
+    (lambda c: c["adapt"]["variants"]["finetune"]["train"].update(epocs=1),
+     r"unknown config key adapt\.variants\.finetune\.train\.epocs"),
+    (lambda c: c["adapt"]["variants"]["lpft"].pop("of"), r"adapt\.variants\.lpft\.of: adapt kind 'lpft' starts from"),
+    (lambda c: c["adapt"]["variants"]["lpft"].update(of="knn"), r"adapt\.variants\.lpft\.of: 'knn' is not an adapt variant "
+                                                                r"of kind 'linear'"),
+    (lambda c: c["adapt"]["variants"]["knn"].update(of="linear"), r"adapt\.variants\.knn\.of: adapt kind 'knn' does not"),
+    (lambda c: c["adapt"]["variants"]["finetune"].update(sweep={"momentum": [0.9]}),
+     r"adapt\.variants\.finetune\.sweep\.momentum: not a knob of kind 'finetune'"),
+    (lambda c: c.pop("adapt"), r"pretrain: needs an adapt: section"),
+    (lambda c: c["pretrain"]["runs"].append({"dataset": "shapes", "backbone": "tiny", "variants": ["simclr"]}),
+     r"pretrain\.runs\[2\].*listed twice"),
+    (lambda c: c["pretrain"]["runs"][0].update(backbone="huge"), r"pretrain\.runs\[0\]\.backbone: unknown backbone 'huge'"),
+    (lambda c: c["datasets"]["shapes"]["corruptions"].update(max_images=0),
+     r"datasets\.shapes\.corruptions\.max_images"),
+    (lambda c: c.update(results_dir="/abs/path with space"), r"config key results_dir"),
+])
+def test_bad_config_names_the_key(mutate, pattern):
+    cfg = raw()
+    mutate(cfg)
+    fails(cfg, pattern)
+
+
+def test_views_that_a_backbone_reduces_to_nothing_fail_at_config_time():
+    """DINO's 16 px local crops through a ConvNeXt (total stride 32) at 32 px: caught before any job."""
+    cfg = raw()
+    cfg["backbones"]["convnext"] = {"source": "timm", "model": "convnext_atto"}
+    cfg["pretrain"]["runs"].append({"dataset": "shapes", "backbone": "convnext", "variants": ["simclr", "dino"]})
+    fails(cfg, r"pretrain variant 'dino' \(kind dino\) feeds backbone 'convnext' \(timm convnext_atto\) local crops "
+               r"of 16 px, which the backbone reduces to nothing")
+    cfg["pretrain"]["variants"] = {"dino": {"params": {"local_size": 32}}}  # the way out the message points to
+    check(cfg)
+
+
+def test_jigsaw_tiles_are_checked_too():
+    cfg = raw()
+    cfg["backbones"]["convnext"] = {"source": "timm", "model": "convnext_atto"}
+    cfg["pretrain"]["runs"].append({"dataset": "shapes", "backbone": "convnext", "variants": ["jigsaw"]})
+    fails(cfg, r"'jigsaw' \(kind jigsaw\) feeds backbone 'convnext' .* tiles of 16 px")
+
+
+@pytest.mark.parametrize("model", ["mobilevit_xxs", "fastvit_t8", "levit_128s", "beit_base_patch16_224"])
+def test_mae_on_non_vision_transformer_named_like_vit(model):
+    cfg = raw()
+    cfg["backbones"]["other"] = {"source": "timm", "model": model}
+    cfg["pretrain"]["runs"] = [{"dataset": "shapes", "backbone": "other", "variants": ["mae"]}]
+    fails(cfg, r"pretrain\.runs\[0\]\.variants: 'mae' \(kind mae\) needs a Vision Transformer")
+
+
+def test_mae_on_a_vit_passes():
+    cfg = raw()
+    cfg["pretrain"]["runs"] = [{"dataset": "shapes", "backbone": "vit_tiny", "variants": ["mae", "simclr"]}]
+    check(cfg)
+
+
+def test_check_fills_defaults_without_touching_the_input():
+    cfg = raw()
+    out = check(cfg)
+    assert out["results_dir"] == "results" and out["device"] == "cpu" and out["backbones"]["tiny"]["source"] == "timm"
+    assert "results_dir" not in cfg
