@@ -30,7 +30,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,40 +37,11 @@ import yaml
 
 from dlbench.data.augment import AugmentConfig
 from dlbench.device import amp_available, autocast, cpu_has_fast_bf16
+from dlbench.models.backbones import build_classifier
 from dlbench.train.engine import TrainConfig, epoch_generator, fit, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cpu")
-
-
-def backbone_spec(cfg_all: dict[str, Any], name: str) -> dict[str, Any]:
-    """The backbone spec from config.yaml in either format (``timm: name`` or ``source: timm, model: name``)."""
-    raw = dict(cfg_all["backbones"][name])
-    if "timm" in raw:
-        raw = {"source": "timm", "model": raw.pop("timm"), **raw}
-    return raw
-
-
-def model_builder(spec: dict[str, Any]) -> tuple[Any, str]:
-    """``build_classifier`` when it imports and builds, else a plain timm model with the same kwargs."""
-    try:
-        from dlbench.models.backbones import build_classifier
-
-        build_classifier(spec, 10, (32, 32))
-        return (lambda: build_classifier(spec, 10, (32, 32))), "dlbench build_classifier"
-    except Exception as e:  # the models package is being refactored concurrently
-        import timm
-        from torch import nn
-
-        def build() -> torch.nn.Module:
-            net = timm.create_model(spec["model"], num_classes=10, **(spec.get("kwargs") or {}))
-            if spec.get("cifar_stem"):
-                net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=int(spec.get("stem_stride", 1)),
-                                      padding=1, bias=False)
-                net.maxpool = nn.Identity()
-            return net
-
-        return build, f"plain timm fallback ({type(e).__name__}: {e})"
 
 
 def bare_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
@@ -122,8 +92,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg_all = yaml.safe_load(Path(args.config).read_text())
-    spec = backbone_spec(cfg_all, args.backbone)
-    build, how = model_builder(spec)
+    spec = cfg_all["backbones"][args.backbone]
+
+    def build() -> torch.nn.Module:
+        return build_classifier(spec, 10, (32, 32))
     train = {k: v for k, v in cfg_all["supervised"]["train"].items()}  # batch 50, AdamW: the supervised recipe
     cfg = TrainConfig.from_dict({**train, "epochs": args.epochs}, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -145,7 +117,7 @@ def main() -> None:
             print(f"repeat {r + 1}: {name:6s} {speeds[name][-1]:8.1f} images/s", flush=True)
     med = {k: statistics.median(v) for k, v in speeds.items()}
     amp_on = cfg.amp and amp_available(DEVICE)
-    print(f"backbone {args.backbone} {spec} via {how}")
+    print(f"backbone {args.backbone} {spec}")
     print(f"batch {cfg.batch_size}, {cfg.optimizer}, {args.n} images x {args.epochs} epochs, {args.threads} threads, "
           f"{args.repeats} repeats; channels_last {cfg.channels_last}; bf16 autocast "
           f"{'ON' if amp_on else 'OFF'} (cpu_has_fast_bf16()={cpu_has_fast_bf16()}"

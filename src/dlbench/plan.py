@@ -65,6 +65,11 @@ def expand(base: str, entry: dict[str, Any], kind: str, knobs: dict[str, str]) -
     return out
 
 
+def group_key(model_id: str) -> str:
+    """The evaluation group of a model: its id without the seed part."""
+    return model_id.rsplit("/", 1)[0]
+
+
 class Plan:
     """Every model a config makes, by id, with its recipe and job (see module doc)."""
 
@@ -184,6 +189,20 @@ class Plan:
     @cached_property
     def evaluated_ids(self) -> list[str]:
         return [k for k, e in self.entries.items() if e.evaluated]
+
+    @cached_property
+    def eval_groups(self) -> dict[str, list[str]]:
+        """Evaluated models by group: one group per id without its seed (``d/b/p/a/e/c``), seeds in order.
+
+        A group is what one evaluate job evaluates. Its models differ only in their seed, so every
+        recipe change (of a pretrain or an adapt variant) changes all of them or none: grouping saves
+        the per-job start-up (torch + timm imports: seconds per process) and never re-evaluates a
+        model whose recipe did not change.
+        """
+        groups: dict[str, list[str]] = {}
+        for mid in self.evaluated_ids:
+            groups.setdefault(group_key(mid), []).append(mid)
+        return groups
 
     def recipe(self, model_id: str) -> dict[str, Any]:
         try:

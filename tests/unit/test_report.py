@@ -15,7 +15,7 @@ from dlbench.report.figures import figure_names, make_figures, read_tables
 from dlbench.report.html import write_report
 from dlbench.report.sections import SECTIONS, Figure, Section, all_figures, load_all
 from dlbench.report.tsne import write_tsne
-from tests.unit.test_report_ssl import (make_history, make_metrics, make_tsne, png_size, section_html,
+from tests.unit.test_report_ssl import (make_history, make_metrics, png_size, rendered_once, section_html,
                                         write_tables)
 
 SECTION_KEYS = ["baseline", "ssl", "clip", "ensembles", "compression"]
@@ -33,13 +33,17 @@ def test_sections_in_report_order():
         assert s.caption(f.name) == f.caption and f.caption
 
 
-def test_make_figures_draws_every_registered_figure(tmp_path):
-    tables = write_tables(tmp_path / "tables", make_metrics(), make_history(), make_tsne())
-    make_figures(tables, tmp_path / "fig")
-    drawn = {p.name for p in (tmp_path / "fig").iterdir()}
+@pytest.fixture
+def rendered(tmp_path_factory):
+    return rendered_once(tmp_path_factory)  # make_figures on the SSL fixture tables, drawn once per session
+
+
+def test_make_figures_draws_every_registered_figure(rendered):
+    _, fig = rendered
+    drawn = {p.name for p in fig.iterdir()}
     assert drawn == {f.name for _, f in all_figures()}
     for name in drawn:
-        w, h = png_size(tmp_path / "fig" / name)
+        w, h = png_size(fig / name)
         assert w > 700 or h > 300, (name, w, h)  # real figures, not placeholders, with this fixture
 
 
@@ -66,13 +70,16 @@ def test_a_registered_section_reaches_figures_and_html(tmp_path, monkeypatch):
         return [f"<p>rows: {len(tables['metrics'])}</p>", figure_html(figures / "zz.png", "zz caption")]
 
     load_all()
-    monkeypatch.setitem(SECTIONS._items, "zz", Section("zz", "ZZ topic", "blurb", order=25,
-                                                       figures=(Figure("zz.png", "zz caption", draw),),
-                                                       render=render))
-    assert [s.key for s in load_all()] == ["baseline", "ssl", "zz", "clip", "ensembles", "compression"]
+    zz = Section("zz", "ZZ topic", "blurb", order=25, figures=(Figure("zz.png", "zz caption", draw),), render=render)
     tables = write_tables(tmp_path / "tables", make_metrics(), make_history())
-    make_figures(tables, tmp_path / "fig")
+    with monkeypatch.context() as only_zz:  # draw just this section's figure (the others cost seconds)
+        only_zz.setattr(SECTIONS, "_items", {"zz": zz})
+        make_figures(tables, tmp_path / "fig")
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["zz.png"]
     png_size(tmp_path / "fig" / "zz.png")
+    monkeypatch.setitem(SECTIONS._items, "zz", zz)
+    assert [s.key for s in load_all()] == ["baseline", "ssl", "zz", "clip", "ensembles", "compression"]
+    assert "zz.png" in figure_names()
     write_report(tables, tmp_path / "fig", tmp_path / "none.yaml", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert page.index("<h2 id='ssl'>") < page.index("<h2 id='zz'>") < page.index("<h2 id='clip'>")
@@ -165,6 +172,8 @@ def test_write_tsne_from_cached_embeddings(tmp_path):
     # the figure reads it as is
     tables = {**read_tables(tmp_path / "tables"), "metrics": make_metrics()}
     assert (tables["tsne"]["class"] == df["class"]).all()
+    write_tsne(tmp_path, ids, tmp_path / "again.parquet")  # seeded by the model's seed: the same points
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "again.parquet"), df)
     write_tsne(tmp_path, {}, tmp_path / "empty.parquet")
     assert pd.read_parquet(tmp_path / "empty.parquet").empty
 
@@ -178,8 +187,10 @@ def test_report_layer_imports_no_model_code():
             "import dlbench.report.aggregate, dlbench.report.figures, dlbench.report.html, dlbench.report.tsne\n"
             "from dlbench.report.sections import load_all\n"
             "load_all()\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision') or m.startswith(\n"
-            "    ('dlbench.models', 'dlbench.train', 'dlbench.pretrain', 'dlbench.adapt', 'dlbench.evaluate.predict'))]\n"
+            "banned = ('dlbench.models', 'dlbench.train', 'dlbench.pretrain', 'dlbench.adapt',\n"
+            "          'dlbench.evaluate.predict')\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision')\n"
+            "       or m.startswith(banned)]\n"
             "print(sorted(bad))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -190,3 +201,15 @@ def test_report_layer_imports_no_model_code():
 def test_ssl_figures_registered_in_ssl_section(name):
     ssl_section = next(s for s in load_all() if s.key == "ssl")
     assert name in [f.name for f in ssl_section.figures]
+
+
+def test_snakemake_report_captions_are_the_sections_captions():
+    """`snakemake --report` reads captions from workflow/report/<figure>.rst: they must say what the HTML says."""
+    from pathlib import Path
+
+    from dlbench.report.sections import all_figures
+
+    root = Path(__file__).resolve().parents[2] / "workflow" / "report"
+    for _, figure in all_figures():
+        text = (root / f"{figure.name.removesuffix('.png')}.rst").read_text()
+        assert " ".join(text.split()) == " ".join(figure.caption.split()), figure.name

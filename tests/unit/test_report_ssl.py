@@ -184,6 +184,27 @@ def section_html(page: str, key: str) -> str:
     return page.split(f"<h2 id='{key}'>")[1].split("<h2 ")[0]
 
 
+_RENDERED: dict[str, tuple[Path, Path]] = {}
+
+
+def rendered_once(tmp_path_factory) -> tuple[Path, Path]:
+    """(tables dir, figures dir) of the fixture tables, every registered figure drawn by
+    ``make_figures``: once per session (drawing is most of this file's time), shared read-only."""
+    if "default" not in _RENDERED:
+        from dlbench.report.figures import make_figures
+
+        root = tmp_path_factory.mktemp("rendered")
+        tables = write_tables(root / "tables", make_metrics(), make_history(), make_tsne())
+        make_figures(tables, root / "fig")
+        _RENDERED["default"] = (tables, root / "fig")
+    return _RENDERED["default"]
+
+
+@pytest.fixture
+def rendered(tmp_path_factory) -> tuple[Path, Path]:
+    return rendered_once(tmp_path_factory)
+
+
 @pytest.fixture
 def kept_figures(monkeypatch):
     """Figures the SSL module would save, kept open for inspection (and closed afterwards)."""
@@ -261,7 +282,8 @@ def test_supervised_reference_selected_by_kind():
     # the supervised reference is found by its kind, whatever its variant is called
     rows = _model("none", "supervised", 0, 0.9) + _model("random", "linear", 0, 0.5)
     m = frame(rows)
-    m.loc[m["kind"] == "supervised", ["adapt", "model_id"]] = ["scratch", "shapes/resnet10n/none/scratch/none/none/seed0"]
+    sup = m["kind"] == "supervised"
+    m.loc[sup, ["adapt", "model_id"]] = ["scratch", "shapes/resnet10n/none/scratch/none/none/seed0"]
     s = ssl.ssl_summary(m)
     assert list(s["pretrain"]) == ["random", "none"]
     assert list(ssl.protocol_table(s).columns) == ["linear", "scratch"]
@@ -348,12 +370,9 @@ def test_collapse_flags():
 # ---------------------------------------------------------------- figures
 
 
-def test_figures_are_valid_pngs(tmp_path):
-    tables = {"metrics": make_metrics(), "history": make_history(), "tsne": make_tsne()}
-    sizes = {}
-    for figure in ssl.SECTION.figures:
-        figure.draw(tables, tmp_path / figure.name)
-        sizes[figure.name] = png_size(tmp_path / figure.name)
+def test_figures_are_valid_pngs(rendered, tmp_path):
+    _, fig = rendered
+    sizes = {f.name: png_size(fig / f.name) for f in ssl.SECTION.figures}
     assert set(sizes) == {"ssl_protocols.png", "ssl_collapse.png", "ssl_tsne.png"}
     assert all(w > 600 and h > 300 for w, h in sizes.values()), sizes
     # t-SNE: 8 methods in 6 columns = 2 rows pretrained + 1 row finetuned; without finetuned it is shorter
@@ -401,12 +420,8 @@ def test_collapse_figure_one_column_per_family(kept_figures, tmp_path):
 # ---------------------------------------------------------------- HTML
 
 
-def test_html_ssl_section_with_collapse_warning(tmp_path):
-    from dlbench.report.figures import make_figures
-
-    tables = write_tables(tmp_path / "tables", make_metrics(), make_history(), make_tsne())
-    fig = tmp_path / "fig"
-    make_figures(tables, fig)
+def test_html_ssl_section_with_collapse_warning(rendered, tmp_path):
+    tables, fig = rendered
     write_report(tables, fig, tmp_path / "none.yaml", tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     sec = section_html(page, "ssl")

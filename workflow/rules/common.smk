@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from dlbench.config import ConfigError, check
 from dlbench.ids import PATTERN, WILDCARD_CONSTRAINTS, ModelId
-from dlbench.plan import Plan
+from dlbench.plan import Plan, group_key
 from dlbench.report.figures import figure_names
 from dlbench.report.sections import all_figures
 from dlbench.resources import eval_minutes, job_minutes, wants_gpu
@@ -30,6 +30,8 @@ workflow.global_wildcard_constraints(**WILDCARD_CONSTRAINTS)
 MODEL = PATTERN
 PRETRAINED = "{dataset}/{backbone}/{pretrain}/none/none/none/seed{seed}"
 ADAPTED = "{dataset}/{backbone}/{pretrain}/{adapt}/none/none/seed{seed}"
+# what one evaluate job evaluates: every seed of one model (see dlbench.plan.Plan.eval_groups)
+GROUP = "{dataset}/{backbone}/{pretrain}/{adapt}/{ensemble}/{compress}"
 
 
 def alternation(names):
@@ -68,6 +70,45 @@ def frozen_outputs(kind, name):
     """One path per frozen variant of the job's backbone: {R}/<kind>/<dataset>/.../<variant>/.../<name>."""
     pattern = f"{R}/{kind}/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}/none/none/seed{{{{seed}}}}/{name}"
     return expand(pattern, adapt=FROZEN)
+
+
+def frozen_groups():
+    """The evaluation-group directories of the frozen variants of one pretrained variant (all seeds)."""
+    return [directory(p) for p in expand(f"{R}/predictions/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}"
+                                         f"/none/none", adapt=FROZEN)]
+
+
+def group_dir(group):
+    return f"{R}/predictions/{group}"
+
+
+def wildcard_group(wildcards, **fixed):
+    parts = {k: getattr(wildcards, k) for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress")
+             if k in wildcards.keys()}
+    parts = {"ensemble": "none", "compress": "none", **parts, **fixed}
+    return "/".join(parts[k] for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress"))
+
+
+def job_groups(wildcards):
+    """The evaluation groups an evaluate job writes: one, or every frozen variant's of one backbone."""
+    if "adapt" in wildcards.keys():
+        return [wildcard_group(wildcards)]
+    return [wildcard_group(wildcards, adapt=v) for v in FROZEN]
+
+
+def group_models(wildcards):
+    return [model_file(m) for g in job_groups(wildcards) for m in PLAN.eval_groups[g]]
+
+
+def eval_jobs_arg(wildcards):
+    """--model/--out/--costs/--embeddings for every model of the job's groups."""
+    ids = [m for g in job_groups(wildcards) for m in PLAN.eval_groups[g]]
+    files = {k: [prediction_file(m, f) for m in ids]
+             for k, f in (("out", "logits.parquet"), ("costs", "costs.json"), ("embeddings", "embeddings.parquet"))}
+    args = ["--model", *(os.path.dirname(model_file(m)) for m in ids)]
+    for k, paths in files.items():
+        args += [f"--{k}", *paths]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def model_file(model, name="model.safetensors"):
@@ -111,8 +152,9 @@ def train_minutes(wildcards, stage, fixed):
     return job_minutes(CFG, PLAN.recipe(model_id(wildcards, **fixed)), stage, THREADS["train"])
 
 
-def evaluate_minutes(wildcards, models=1):
+def evaluate_minutes(wildcards):
     d = wildcards.dataset
+    models = sum(len(PLAN.eval_groups[g]) for g in job_groups(wildcards))
     return eval_minutes(CFG, d, CFG["backbones"][wildcards.backbone], PLAN.eval_split_specs(d), models)
 
 

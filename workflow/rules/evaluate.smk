@@ -1,65 +1,65 @@
 # Evaluate once: each model x all of its eval splits -> cached logits (Parquet), costs and the
-# embeddings of a fixed class-balanced test subset. Metrics, figures, t-SNE and (later) prediction
-# ensembles are computed from these files only. Corrupted splits come from rule corruptions.
+# embeddings of a fixed class-balanced test subset, under {R}/predictions/<model-id>/. Metrics,
+# figures, t-SNE and (later) prediction ensembles are computed from these files only. Corrupted
+# splits come from rule corruptions.
+#
+# One job evaluates one *group*: every seed of one model id (dlbench.plan.Plan.eval_groups). The
+# models of a group differ only in their seed, so a changed recipe changes all of them or none:
+# the grouping saves per-job start-up (seconds of torch + timm imports per process) without ever
+# re-evaluating a model whose recipe did not change. A group's predictions are one directory.
 
 
 rule evaluate:
     input:
-        model=lambda w: model_file(model_id(w)),
+        models=group_models,
         data=eval_data,
     output:
-        logits=f"{R}/predictions/{MODEL}/logits.parquet",
-        costs=f"{R}/predictions/{MODEL}/costs.json",
-        embeddings=f"{R}/predictions/{MODEL}/embeddings.parquet",
+        directory(f"{R}/predictions/{GROUP}"),
     params:
+        jobs=eval_jobs_arg,
         args=eval_args,
-        model=lambda w, input: os.path.dirname(input.model),
         device=DEVICE,
     log:
-        f"{R}/logs/evaluate/{MODEL}.log",
+        f"{R}/logs/evaluate/{GROUP}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{MODEL}.tsv"
+        f"{R}/benchmarks/evaluate/{GROUP}.tsv"
     threads: THREADS["evaluate"]
     resources:
         gpu=GPU,
-        runtime=lambda w: evaluate_minutes(w),
+        runtime=evaluate_minutes,
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench evaluate --model {params.model} {params.args} --out {output.logits} --costs {output.costs}"
-        " --embeddings {output.embeddings} --threads {threads} --device {params.device} > {log} 2>&1"
+        "dlbench evaluate {params.jobs} {params.args} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 if FROZEN:
 
     # The frozen-feature variants of one backbone come from one job; they are evaluated in one job
-    # too (same files as rule evaluate): each split is loaded once for all of them.
+    # too (every seed): each split is loaded once for all of them.
     rule evaluate_frozen:
         input:
-            models=frozen_outputs("models", "model.safetensors"),
+            models=group_models,
             data=eval_data,
         output:
-            logits=frozen_outputs("predictions", "logits.parquet"),
-            costs=frozen_outputs("predictions", "costs.json"),
-            embeddings=frozen_outputs("predictions", "embeddings.parquet"),
+            frozen_groups(),
         wildcard_constraints:
             pretrain=PRETRAIN_VARIANTS,
         params:
+            jobs=eval_jobs_arg,
             args=eval_args,
-            models=lambda w, input: " ".join(os.path.dirname(m) for m in input.models),
             device=DEVICE,
         log:
-            f"{R}/logs/evaluate/{PRETRAINED}.frozen.log",
+            f"{R}/logs/evaluate/{{dataset}}/{{backbone}}/{{pretrain}}.frozen.log",
         benchmark:
-            f"{R}/benchmarks/evaluate/{PRETRAINED}.frozen.tsv"
+            f"{R}/benchmarks/evaluate/{{dataset}}/{{backbone}}/{{pretrain}}.frozen.tsv"
         threads: THREADS["evaluate"]
         resources:
             gpu=GPU,
-            runtime=lambda w: evaluate_minutes(w, len(FROZEN)),
+            runtime=evaluate_minutes,
         conda:
             "../envs/dlbench.yaml"
         shell:
-            "dlbench evaluate --model {params.models} {params.args} --out {output.logits} --costs {output.costs}"
-            " --embeddings {output.embeddings} --threads {threads} --device {params.device} > {log} 2>&1"
+            "dlbench evaluate {params.jobs} {params.args} --threads {threads} --device {params.device} > {log} 2>&1"
 
     ruleorder: evaluate_frozen > evaluate

@@ -4,8 +4,7 @@
 
 rule aggregate:
     input:
-        logits=[prediction_file(m, "logits.parquet") for m in PLAN.evaluated_ids],
-        costs=[prediction_file(m, "costs.json") for m in PLAN.evaluated_ids],
+        predictions=[group_dir(g) for g in PLAN.eval_groups],
         cards=[model_file(m, "model.json") for m in PLAN.evaluated_ids],
         pretrained=[model_file(m, "history.json") for m in PLAN.ids(stage="pretrain")],
     output:
@@ -15,6 +14,7 @@ rule aggregate:
     params:
         models=" ".join(PLAN.evaluated_ids),
         history=" ".join(PLAN.ids(stage="pretrain")),
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.metrics)),
         out=lambda w, output: os.path.dirname(output.metrics),
     log:
         f"{R}/logs/report/aggregate.log",
@@ -23,17 +23,18 @@ rule aggregate:
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report aggregate --results {R} --models {params.models} --history {params.history}"
+        "dlbench report aggregate --results {params.results} --models {params.models} --history {params.history}"
         " --out-dir {params.out} > {log} 2>&1"
 
 
 rule tsne:
     input:
-        [prediction_file(m, "embeddings.parquet") for m in PLAN.tsne_models],
+        sorted({group_dir(group_key(m)) for m in PLAN.tsne_models}),
     output:
         f"{R}/tables/tsne.parquet",
     params:
         models=" ".join(f"{m}={panel}" for m, panel in PLAN.tsne_models.items()),
+        results=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
     log:
         f"{R}/logs/report/tsne.log",
     benchmark:
@@ -41,7 +42,7 @@ rule tsne:
     conda:
         "../envs/dlbench.yaml"
     shell:
-        "dlbench report tsne --results {R} --model {params.models} --out {output} > {log} 2>&1"
+        "dlbench report tsne --results {params.results} --model {params.models} --out {output} > {log} 2>&1"
 
 
 rule figures:
@@ -54,8 +55,8 @@ rule figures:
         [report(f"{R}/figures/{f.name}", caption=f"../report/{f.name.removesuffix('.png')}.rst", category=s.title)
          for s, f in all_figures()],
     params:
-        tables=f"{R}/tables",
-        out=f"{R}/figures",
+        tables=lambda w, input: os.path.dirname(input.metrics),
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/report/figures.log",
     benchmark:
@@ -76,8 +77,8 @@ rule report_html:
         report(f"{R}/report.html", caption="../report/report_html.rst", category="Report"),
     params:
         config=workflow.configfiles[0] if workflow.configfiles else "config.yaml",
-        tables=f"{R}/tables",
-        figures=f"{R}/figures",
+        tables=lambda w, input: os.path.dirname(input.metrics),
+        figures=lambda w, input: os.path.dirname(input.figures[0]),
     log:
         f"{R}/logs/report/html.log",
     benchmark:

@@ -90,6 +90,10 @@ def metrics_table(results_dir: str | Path, model_ids: list[str], cards: Cards | 
             rows.append({**base, "split": split, "shift": tags.get("shift", "id"), "corruption": tags.get("corruption"),
                          "severity": tags.get("severity"), **all_metrics(logits, labels),
                          **{k: costs.get(k) for k in COSTS}})
+    fixed = ["model_id", *PARTS, *LINEAGE, *SPLIT_TAGS, *METRICS, *COSTS]
+    clash = sorted(set(knobs) & set(fixed))
+    if clash:
+        raise ValueError(f"knob name(s) {clash} collide with metrics columns; rename the knob")
     columns = ["model_id", *PARTS, *LINEAGE, *knobs, *SPLIT_TAGS, *METRICS, *COSTS]
     df = pd.DataFrame(rows, columns=columns)
     df["seed"] = df["seed"].astype("int64")
@@ -98,9 +102,6 @@ def metrics_table(results_dir: str | Path, model_ids: list[str], cards: Cards | 
     for k in ("params", "nonzero_params", "size_bytes"):
         df[k] = df[k].astype("int64")
     df["trainable_params"] = df["trainable_params"].astype("Int64")
-    clash = set(knobs) & {c for c in columns if columns.count(c) > 1}
-    if clash:
-        raise ValueError(f"knob name(s) {sorted(clash)} collide with metrics columns; rename the knob")
     df = _typed_knobs(df, knobs)
     return df.sort_values(["model_id", "split"]).reset_index(drop=True)
 

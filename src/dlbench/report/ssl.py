@@ -394,8 +394,8 @@ def ssl_collapse(history: pd.DataFrame, path: Path, threshold: float = COLLAPSE_
     if len(contexts) > 1:
         keys += [Line2D([], [], ls=styles[ctx], c="0.3", label=ctx) for ctx in contexts]
     axes[0, 0].legend(handles=keys, loc="best", fontsize=7, framealpha=0.8)
-    fig.suptitle("Self-supervised pretraining: representation spread (~1 spread, -> 0 collapsed) and online kNN "
-                 "accuracy; mean over seeds, band: std", fontsize=10)
+    fig.suptitle("Self-supervised pretraining curves (mean over seeds, band: std)\nrepresentation spread "
+                 "(~1 spread, -> 0 collapsed) and online kNN accuracy", fontsize=10)
     _save(fig, path)
 
 
@@ -495,9 +495,10 @@ SECTION = register_section(Section(
                "pretraining method and adaptation variant, mean ± std over seeds. Dashed line and band: supervised "
                "training from scratch on the same backbone. 'random init': the untrained backbone.",
                lambda tables, path: ssl_protocols(tables["metrics"], path)),
-        Figure("ssl_collapse.png", "Pretraining curves. Left: std of l2-normalised validation embeddings x "
-               "sqrt(dim) (~1 well spread, -> 0 collapsed; dashed red: collapse threshold). Right: online kNN "
-               "accuracy on the val split. Mean over seeds, band: std.",
+        Figure("ssl_collapse.png", "Pretraining curves, one column per pretraining family. Top: std of "
+               "l2-normalised validation embeddings x sqrt(dim) (~1 well spread, -> 0 collapsed; dashed red: "
+               "collapse threshold; red x: a collapsed run's final value). Bottom: online kNN accuracy on the val "
+               "split. Mean over seeds, band: std; line style per backbone when there are several.",
                lambda tables, path: ssl_collapse(tables["history"], path)),
         Figure("ssl_tsne.png", "t-SNE of a class-balanced subset of the test split per method (first seed), "
                "coloured by class: frozen pretrained features, and after fine-tuning where available.",

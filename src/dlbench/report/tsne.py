@@ -18,11 +18,16 @@ from dlbench.io import atomic_path
 
 
 def tsne_2d(features: np.ndarray, seed: int) -> np.ndarray:
+    """2-D t-SNE of ``features`` (Barnes-Hut), on one OpenMP thread: for a few hundred points the
+    threads only spin, and on a busy machine (parallel DAG jobs) two of them took 15 s where one
+    takes 0.1 s."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     perplexity = min(30.0, (len(features) - 1) / 3)
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                max_iter=500).fit_transform(features.astype(np.float64))
+    with threadpool_limits(limits=1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    max_iter=500).fit_transform(features.astype(np.float64))
 
 
 def write_tsne(results_dir: str | Path, panels: dict[str, str], out: str | Path) -> None:
