@@ -58,11 +58,11 @@ def test_sweep_names_carry_decimals_the_wildcards_accept():
 # ---- variants and sweeps ------------------------------------------------------------------------
 
 def test_smoke_plan_ids_and_jobs(smoke):
-    assert len(smoke.ids(stage="supervised")) == 4 and len(smoke.ids(stage="pretrain")) == 6
+    assert len(smoke.ids(stage="supervised")) == 3 and len(smoke.ids(stage="pretrain")) == 5
     assert list(smoke.adapt_variants) == ["linear", "knn", "finetune-lr0.001", "finetune-lr0.002", "lpft"]
     assert smoke.frozen_variants == ["linear", "knn"]
     assert smoke.trained_variants == ["finetune-lr0.001", "finetune-lr0.002", "lpft"]
-    assert len(smoke.ids(stage="adapt")) == 6 * 5 and len(smoke.evaluated_ids) == 4 + 30
+    assert len(smoke.ids(stage="adapt")) == 5 * 5 and len(smoke.evaluated_ids) == 3 + 25
     assert set(smoke.ids(job="frozen")) == {i for i in smoke.ids(stage="adapt") if "/linear/" in i or "/knn/" in i}
 
 
@@ -149,7 +149,7 @@ def test_tsne_models_first_seed_frozen_and_finetuned(smoke):
     panels = smoke.tsne_models
     assert panels["shapes/tiny/simclr/linear/none/none/seed0"] == "pretrained"
     assert panels["shapes/tiny/simclr/finetune-lr0.001/none/none/seed0"] == "finetuned"
-    assert len(panels) == 2 * 6 and set(panels.values()) == {"pretrained", "finetuned"}
+    assert len(panels) == 2 * 5 and set(panels.values()) == {"pretrained", "finetuned"}
 
 
 def test_reserved_and_bad_variant_names_fail():
@@ -163,3 +163,16 @@ def test_reserved_and_bad_variant_names_fail():
     cfg["adapt"]["variants"]["knn"]["sweep"] = {"k": ["a/b"]}
     with pytest.raises(ConfigError, match=r"adapt\.variants\.knn\.sweep"):
         check(cfg)
+
+
+def test_evaluation_groups_are_the_seeds_of_one_model():
+    """One evaluate job per group: the models of a group differ only in their seed, so a recipe change
+    re-evaluates all of a group or none of it."""
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    groups = plan.eval_groups
+    assert sum(len(g) for g in groups.values()) == len(plan.evaluated_ids)
+    assert groups["shapes/resnet10s/simclr/finetune/none/none"] == [
+        "shapes/resnet10s/simclr/finetune/none/none/seed0", "shapes/resnet10s/simclr/finetune/none/none/seed1"]
+    for key, ids in groups.items():
+        recipes = [{k: v for k, v in plan.recipe(i).items() if k not in ("id", "seed", "source")} for i in ids]
+        assert all(r == recipes[0] for r in recipes), key

@@ -114,12 +114,12 @@ def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(tables: Tables, figures: Path) -> list[str]:
-    from dlbench.report.html import figure_html
+    from dlbench.report.html import section_figures
 
     if supervised(tables["metrics"]).empty:
         return []
     parts = [baseline_table(tables["summary"]).to_html(classes="results", border=0)]
-    return parts + [figure_html(figures / f.name, f.caption) for f in SECTION.figures if (figures / f.name).exists()]
+    return parts + section_figures(SECTION, figures)
 
 
 SECTION = register_section(Section(

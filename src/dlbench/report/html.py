@@ -17,7 +17,7 @@ import yaml
 from dlbench.io import atomic_path
 from dlbench.provenance import dataset_hashes, package_versions
 from dlbench.report.figures import read_tables
-from dlbench.report.sections import load_all
+from dlbench.report.sections import Section, load_all
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -34,6 +34,11 @@ def figure_html(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def section_figures(section: Section, figures: Path) -> list[str]:
+    """The section's figures that exist, embedded with their captions, in the section's order."""
+    return [figure_html(figures / f.name, f.caption) for f in section.figures if (figures / f.name).exists()]
 
 
 def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: str | Path, out: str | Path) -> None:

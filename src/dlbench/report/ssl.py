@@ -475,7 +475,7 @@ def collapse_html(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) 
 
 def render(tables: Tables, figures: Path) -> list[str]:
     """HTML parts of the section (empty list when the config has no SSL models)."""
-    from dlbench.report.html import figure_html
+    from dlbench.report.html import section_figures
 
     summary = ssl_summary(tables["metrics"])
     if not (summary["pretrain"] != "none").any():
@@ -484,7 +484,7 @@ def render(tables: Tables, figures: Path) -> list[str]:
              "over each kind's splits (one style split weighs as much as the whole corruption suite).</p>",
              protocol_table(summary).to_html(classes="results", border=0),
              "<h3>Representation collapse</h3>", collapse_html(tables["history"])]
-    return parts + [figure_html(figures / f.name, f.caption) for f in SECTION.figures if (figures / f.name).exists()]
+    return parts + section_figures(SECTION, figures)
 
 
 SECTION = register_section(Section(
