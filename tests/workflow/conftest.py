@@ -57,7 +57,7 @@ def smoke_repo(tmp_path_factory, repo_root) -> Path:
 def first_run(smoke_repo):
     """Run the smoke config from scratch (empty DVC remote: datasets are built and pushed)."""
     t0 = time.time()
-    snakemake(smoke_repo)
+    snakemake(smoke_repo, timeout=1500)
     metrics = pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")
     weights = sha(smoke_repo / f"results/models/{MODEL}/model.safetensors")
     return {"metrics": metrics, "weights": weights, "seconds": time.time() - t0}

@@ -17,12 +17,11 @@ pytestmark = pytest.mark.workflow
 CONFIGS = ["config.yaml", *sorted(f"configs/{p.name}" for p in Path(__file__).parents[2].glob("configs/*.yaml"))]
 
 
+# one case end to end; every config error (the other two of the issue included) is a unit test on
+# dlbench.config.check (tests/unit/test_config.py)
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["pretrain"].update(variants={"simclr": {"params": {"temprature": 0.2}}}),
      "pretrain.variants.simclr.params: unknown parameter 'temprature' of pretrain kind 'simclr'"),
-    (lambda c: c["datasets"]["shapes"]["eval"].__setitem__(0, {"split": "tset"}),
-     "datasets.shapes.eval[0].split: dataset 'shapes' has no split 'tset'"),
-    (lambda c: c.update(device="tpu"), "config key device: 'tpu' is not a device"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, smoke_repo, repo_root, mutate, message):
     cfg = yaml.safe_load((repo_root / "configs/smoke.yaml").read_text())

@@ -23,8 +23,8 @@ from .conftest import MODEL, clone_repo, sha, snakemake
 pytestmark = pytest.mark.workflow
 
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
-                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "lr", "epochs", "weight_decay",
-                  "k", "temperature", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
+                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "epochs", "k", "lr",
+                  "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
                   "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device",
                   "train_seconds"]
 METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
@@ -136,21 +136,34 @@ def test_load_model_rebuilds_every_model_from_its_directory(smoke_repo, first_ru
     assert seen == len(evaluated) == 28
 
 
-def test_deleted_data_is_pulled_and_rerun_from_scratch_is_identical(smoke_repo, first_run):
-    shutil.rmtree(smoke_repo / "data")
-    shutil.rmtree(smoke_repo / ".dvc/cache")
-    snakemake(smoke_repo, "datasets")
+# every stage once: supervised (two seeds, one group), pretrain, frozen adapt, trained adapt, evaluation
+RERUN_GROUPS = ["shapes/tiny/none/supervised/none/none", "shapes/tiny/simclr/linear/none/none",
+                "shapes/tiny/simclr/lpft/none/none"]
+RERUN_MODELS = [f"{MODEL}", "shapes/tiny/none/supervised/none/none/seed1", "shapes/tiny/simclr/none/none/none/seed0",
+                "shapes/tiny/simclr/linear/none/none/seed0", "shapes/tiny/simclr/knn/none/none/seed0", LPFT]
+
+
+def test_fresh_clone_pulls_the_data_and_rerun_from_scratch_is_identical(smoke_repo, first_run):
+    """A second clone next to the first (same DVC remote, no data, no cache, no results) pulls the datasets
+    instead of building them, and retrains a chain through every stage to the same bytes and logits."""
+    from dlbench.evaluate.outputs import read_logits
+
+    repo = clone_repo(smoke_repo, smoke_repo.parent / "rerun")
+    snakemake(repo, "datasets")
     for name in ("shapes", "digits"):
-        log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
+        log = (repo / f"results/logs/dataset/{name}.log").read_text()
         assert "pulled from the DVC remote" in log and "built" not in log, log
-    for path in ("data", ".dvc/cache", "results", ".snakemake"):
-        shutil.rmtree(smoke_repo / path)
-    snakemake(smoke_repo)
-    for name in ("shapes", "digits"):
-        log = (smoke_repo / f"results/logs/dataset/{name}.log").read_text()
-        assert "pulled from the DVC remote" in log and "built" not in log, log
-    assert_same_metrics(first_run, smoke_repo)
-    assert sha(smoke_repo / f"results/models/{MODEL}/model.safetensors") == first_run["weights"]
+    snakemake(repo, *(f"results/predictions/{g}" for g in RERUN_GROUPS))
+    for model_id in RERUN_MODELS:
+        weights = f"results/models/{model_id}/model.safetensors"
+        assert sha(repo / weights) == sha(smoke_repo / weights), model_id
+    for group in RERUN_GROUPS + ["shapes/tiny/simclr/knn/none/none"]:
+        for seed_dir in sorted((smoke_repo / "results/predictions" / group).glob("seed*")):
+            first = read_logits(seed_dir / "logits.parquet")
+            again = read_logits(repo / "results/predictions" / group / seed_dir.name / "logits.parquet")
+            assert first.keys() == again.keys(), seed_dir
+            for split in first:
+                assert np.array_equal(first[split][0], again[split][0]), (seed_dir, split)
 
 
 def job_pids(repo: Path, pattern: str) -> list[int]:
@@ -273,10 +286,9 @@ def test_removing_a_method_removes_its_rows(smoke_repo, first_run):
     assert "byol" in set(pd.read_parquet(smoke_repo / "results/tables/metrics.parquet")["pretrain"])
 
 
-def test_results_are_namespaced_per_config(tmp_path, repo_root):
+def test_results_are_namespaced_per_config(smoke_repo, first_run):
     """A second config in the same clone writes its own results directory."""
-    cfg = yaml.safe_load((repo_root / "configs/stl10.yaml").read_text())
+    cfg = yaml.safe_load((smoke_repo / "configs/stl10.yaml").read_text())
     assert cfg["results_dir"] != "results"
-    repo = clone_repo(repo_root, tmp_path / "repo")
-    out = snakemake(repo, "--dry-run", config="configs/stl10.yaml").stdout
+    out = snakemake(smoke_repo, "--dry-run", config="configs/stl10.yaml").stdout
     assert f"{cfg['results_dir']}/report.html" in out and " results/report.html" not in out

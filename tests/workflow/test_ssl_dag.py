@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import clone_repo, snakemake
+from .conftest import snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -21,7 +21,7 @@ def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
 
     methods = load_all()
     m = first_run["metrics"]
-    ssl = m[m["stage"] == "adapt"]
+    ssl = m[(m["stage"] == "adapt") & (m["kind"] != "supervised")]  # supervised fills the adapt slot too
     assert set(ssl["pretrain_family"]) == {methods.get(n).family for n in methods.names()}
     shapes_splits = set(m.loc[(m["kind"] == "supervised") & (m["dataset"] == "shapes"), "split"])
     for (backbone, method), g in ssl.groupby(["backbone", "pretrain"]):
@@ -68,17 +68,21 @@ class ToyMeanColour(PretrainMethod):
 '''
 
 
-def test_a_new_method_is_one_module_and_one_config_line(tmp_path, repo_root):
-    repo = clone_repo(repo_root, tmp_path / "repo")
-    (repo / "src/dlbench/pretrain/toy_mean_colour.py").write_text(TOY_METHOD)
-    cfg = yaml.safe_load((repo / "configs/smoke.yaml").read_text())
-    cfg["pretrain"]["runs"][0]["variants"].append("toy_mean_colour")  # the one config line
-    (repo / "configs/toy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    targets = [f"results/predictions/shapes/tiny/toy_mean_colour/{a}/none/none/seed0/logits.parquet"
-               for a in sorted(VARIANTS)]
-    snakemake(repo, *targets, config="configs/toy.yaml")
+def test_a_new_method_is_one_module_and_one_config_line(smoke_repo, first_run):
+    """In the smoke clone (its datasets are there already); the module is removed again afterwards."""
+    repo = smoke_repo
+    module = repo / "src/dlbench/pretrain/toy_mean_colour.py"
+    module.write_text(TOY_METHOD)
+    try:
+        cfg = yaml.safe_load((repo / "configs/smoke.yaml").read_text())
+        cfg["pretrain"]["runs"][0]["variants"].append("toy_mean_colour")  # the one config line
+        (repo / "configs/toy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        targets = [f"results/predictions/shapes/tiny/toy_mean_colour/{a}/none/none" for a in sorted(VARIANTS)]
+        snakemake(repo, *targets, config="configs/toy.yaml")
+    finally:
+        module.unlink()
     for target in targets:
-        assert (repo / target).stat().st_size > 0
+        assert (repo / target / "seed0/logits.parquet").stat().st_size > 0
     pre = repo / "results/models/shapes/tiny/toy_mean_colour/none/none/none/seed0"
     card = json.loads((pre / "model.json").read_text())
     assert card["kind"] == "toy_mean_colour" and card["family"] == "pretext" and card["stage"] == "pretrain"

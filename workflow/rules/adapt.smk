@@ -26,7 +26,7 @@ if FROZEN:
         threads: THREADS["train"]
         resources:
             gpu=GPU,
-            runtime=lambda w: train_minutes(w, "adapt", {"adapt": FROZEN[0]}),
+            runtime=lambda w: train_minutes(w, {"adapt": FROZEN[0]}),
         conda:
             "../envs/dlbench.yaml"
         shell:
@@ -58,7 +58,7 @@ rule adapt:
     threads: THREADS["train"]
     resources:
         gpu=GPU,
-        runtime=lambda w: train_minutes(w, "adapt", {}),
+        runtime=lambda w: train_minutes(w, {}),
     conda:
         "../envs/dlbench.yaml"
     shell:

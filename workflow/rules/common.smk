@@ -1,23 +1,24 @@
 # Config validation and target/path helpers. No other Python logic in .smk files: the grid of
 # models, their recipes and resources come from the package (dlbench.plan, dlbench.resources).
 import json
+import posixpath
 import re
 import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from dlbench.config import ConfigError, check
+from dlbench.config import ConfigError
+from dlbench.dag import eval_job_key, load_state
 from dlbench.ids import PATTERN, WILDCARD_CONSTRAINTS, ModelId
-from dlbench.plan import Plan, group_key
-from dlbench.report.figures import figure_names
-from dlbench.report.sections import all_figures
-from dlbench.resources import eval_minutes, job_minutes, wants_gpu
+from dlbench.plan import group_key
+from dlbench.resources import wants_gpu
 
 try:
-    CFG = check(config)
-    PLAN = Plan(CFG)
+    STATE = load_state(config)  # checked config + plan + runtimes, cached per (config, code): dlbench.dag
 except (ConfigError, ValueError) as e:
     raise WorkflowError(f"invalid config: {e}")
+CFG, PLAN = STATE.cfg, STATE.plan
+FIGURES = STATE.figures  # (section title, figure file) of every figure the report layer draws
 
 R = CFG["results_dir"]
 THREADS = CFG["threads"]
@@ -74,8 +75,8 @@ def frozen_outputs(kind, name):
 
 def frozen_groups():
     """The evaluation-group directories of the frozen variants of one pretrained variant (all seeds)."""
-    return [directory(p) for p in expand(f"{R}/predictions/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}"
-                                         f"/none/none", adapt=FROZEN)]
+    pattern = f"{R}/predictions/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}/none/none"
+    return [directory(p) for p in expand(pattern, adapt=FROZEN)]
 
 
 def group_dir(group):
@@ -86,7 +87,7 @@ def wildcard_group(wildcards, **fixed):
     parts = {k: getattr(wildcards, k) for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress")
              if k in wildcards.keys()}
     parts = {"ensemble": "none", "compress": "none", **parts, **fixed}
-    return "/".join(parts[k] for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress"))
+    return posixpath.join(*(parts[k] for k in ("dataset", "backbone", "pretrain", "adapt", "ensemble", "compress")))
 
 
 def job_groups(wildcards):
@@ -148,15 +149,13 @@ def corruption_args(dataset):
     return " ".join(args + (["--max-images", str(c["max_images"])] if c.get("max_images") else []))
 
 
-def train_minutes(wildcards, stage, fixed):
-    return job_minutes(CFG, PLAN.recipe(model_id(wildcards, **fixed)), stage, THREADS["train"])
+def train_minutes(wildcards, fixed):
+    return STATE.train_minutes[model_id(wildcards, **fixed)]
 
 
 def evaluate_minutes(wildcards):
-    d = wildcards.dataset
-    models = sum(len(PLAN.eval_groups[g]) for g in job_groups(wildcards))
-    return eval_minutes(CFG, d, CFG["backbones"][wildcards.backbone], PLAN.eval_split_specs(d), models)
+    return STATE.eval_minutes[eval_job_key(job_groups(wildcards))]
 
 
 def all_targets():
-    return [f"{R}/report.html", f"{R}/tables/metrics.parquet", *(f"{R}/figures/{f}" for f in figure_names())]
+    return [f"{R}/report.html", f"{R}/tables/metrics.parquet", *(f"{R}/figures/{f}" for _, f in FIGURES)]

@@ -23,7 +23,7 @@ rule pretrain:
     threads: THREADS["train"]
     resources:
         gpu=GPU,
-        runtime=lambda w: train_minutes(w, "pretrain", {"adapt": "none"}),
+        runtime=lambda w: train_minutes(w, {"adapt": "none"}),
     conda:
         "../envs/dlbench.yaml"
     shell:

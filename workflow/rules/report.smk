@@ -52,8 +52,8 @@ rule figures:
         summary=f"{R}/tables/summary.parquet",
         tsne=f"{R}/tables/tsne.parquet",
     output:
-        [report(f"{R}/figures/{f.name}", caption=f"../report/{f.name.removesuffix('.png')}.rst", category=s.title)
-         for s, f in all_figures()],
+        [report(f"{R}/figures/{f}", caption=f"../report/{f.removesuffix('.png')}.rst", category=title)
+         for title, f in FIGURES],
     params:
         tables=lambda w, input: os.path.dirname(input.metrics),
         out=lambda w, output: os.path.dirname(output[0]),
@@ -72,7 +72,7 @@ rule report_html:
         metrics=f"{R}/tables/metrics.parquet",
         summary=f"{R}/tables/summary.parquet",
         history=f"{R}/tables/history.parquet",
-        figures=[f"{R}/figures/{f}" for f in figure_names()],
+        figures=[f"{R}/figures/{f}" for _, f in FIGURES],
     output:
         report(f"{R}/report.html", caption="../report/report_html.rst", category="Report"),
     params:

@@ -21,7 +21,7 @@ rule supervised:
     threads: THREADS["train"]
     resources:
         gpu=GPU,
-        runtime=lambda w: train_minutes(w, "supervised", {"pretrain": "none", "adapt": "supervised"}),
+        runtime=lambda w: train_minutes(w, {"pretrain": "none", "adapt": "supervised"}),
     conda:
         "../envs/dlbench.yaml"
     shell:

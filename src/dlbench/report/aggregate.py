@@ -94,6 +94,7 @@ def metrics_table(results_dir: str | Path, model_ids: list[str], cards: Cards | 
     clash = sorted(set(knobs) & set(fixed))
     if clash:
         raise ValueError(f"knob name(s) {clash} collide with metrics columns; rename the knob")
+    knobs = dict(sorted(knobs.items()))  # by name: the column order does not depend on the order of the ids
     columns = ["model_id", *PARTS, *LINEAGE, *knobs, *SPLIT_TAGS, *METRICS, *COSTS]
     df = pd.DataFrame(rows, columns=columns)
     df["seed"] = df["seed"].astype("int64")
