@@ -148,6 +148,7 @@ def test_fresh_clone_pulls_the_data_and_rerun_from_scratch_is_identical(smoke_re
     from dlbench.evaluate.outputs import read_logits
 
     repo = clone_repo(smoke_repo, smoke_repo.parent / "rerun")
+    (repo / ".dvc-remote").symlink_to(smoke_repo / ".dvc-remote")  # the remote url is relative to .dvc/
     snakemake(repo, "datasets")
     for name in ("shapes", "digits"):
         log = (repo / f"results/logs/dataset/{name}.log").read_text()
