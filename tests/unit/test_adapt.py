@@ -20,11 +20,11 @@ from dlbench.adapt.run import adapt
 from dlbench.data.corrupted import write_corrupted
 from dlbench.data.loader import balanced_subset, load_tensors
 from dlbench.evaluate.outputs import read_embeddings, read_logits
-from dlbench.evaluate.predict import EvalJob, EvalSplit, evaluate_models
+from dlbench.evaluate.predict import EvalJob, EvalSplit, evaluate_models, shared_backbones
 from dlbench.models.backbones import Classifier, build_backbone
 from dlbench.models.checkpoint import WEIGHTS, CheckpointError, load_backbone, load_model, save_model
 from dlbench.models.heads import KNNHead, build_head, knn_vote_probs
-from dlbench.models.inference import predict_logits
+from dlbench.models.inference import predict_logits, predict_shared
 from dlbench.pretrain.run import pretrain
 from dlbench.registry import UnknownNameError
 
@@ -381,6 +381,22 @@ def test_evaluate_models_together_equals_alone(world, tmp_path):
     test_x, _, _ = load_tensors(data, "toy", "test")
     knn, _ = load_model(dirs["knn"])
     np.testing.assert_allclose(got["test"][0], predict_logits(knn, test_x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_variants_share_one_backbone_pass(world):
+    """Linear probe and kNN of one pretrained backbone: one backbone forward per batch, logits equal to
+    each model run alone, bit for bit; a fine-tuned model (other weights) runs on its own."""
+    dirs, data = world["runs"][0], world["data"]
+    models = [load_model(dirs[m]) for m in ("linear", "knn", "finetune")]
+    assert shared_backbones(models) == [[0, 1], [2]]
+    test_x, _, _ = load_tensors(data, "toy", "test")
+    calls = []
+    hook = models[0][0].backbone.register_forward_hook(lambda *a: calls.append(1))
+    shared = predict_shared(models[0][0].backbone, [m.head for m, _ in models[:2]], test_x, batch_size=10)
+    hook.remove()
+    assert len(calls) == -(-len(test_x) // 10)
+    for (model, _), got in zip(models[:2], shared):
+        assert np.array_equal(got.numpy(), predict_logits(model, test_x, batch_size=10).numpy())
 
 
 def test_cached_corruptions_equal_computed_ones(world, tmp_path):

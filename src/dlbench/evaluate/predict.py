@@ -5,7 +5,8 @@ An eval split is named ``NAME=DATASET:SPLIT`` or, for the computed corruption su
 cache that rule ``corruptions`` wrote (``corrupted_root``), or computed here when there is none
 (by-hand use). Evaluation is method-blind: it loads any model directory with ``load_model`` and
 runs it through the one batched-inference function. Several models in one call share the
-loading of each split (the frozen-feature variants of one backbone are evaluated together).
+loading of each split (the frozen-feature variants of one backbone are evaluated together) and,
+where their backbones are identical, one backbone pass per batch (``shared_backbones``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dlbench.device import pick_device
 from dlbench.evaluate.outputs import write_embeddings, write_logits
 from dlbench.io import write_json
 from dlbench.models.checkpoint import WEIGHTS, load_model
-from dlbench.models.inference import embed, predict_logits
+from dlbench.models.backbones import Classifier
+from dlbench.models.inference import embed, predict_logits, predict_shared
 
 STATISTICS_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -122,6 +124,34 @@ def model_costs(model: nn.Module, model_dir: Path, card: dict[str, Any], dev: to
             "latency_device": str(dev), "train_seconds": float(card.get("total_train_seconds", 0.0))}
 
 
+def shared_backbones(models: list[tuple[nn.Module, dict[str, Any]]]) -> list[list[int]]:
+    """Indices of the models grouped by identical backbone (same spec, preprocessing and weights; plain
+    ``Classifier``, no transforms): each group's backbone runs once per batch (linear probe and kNN of
+    one pretrained model), which gives the same logits as running every model alone."""
+    groups: list[list[int]] = []
+    for i, (model, card) in enumerate(models):
+        for members in groups:
+            other, other_card = models[members[0]]
+            if _same_backbone(model, card, other, other_card):
+                members.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _same_backbone(a: nn.Module, card_a: dict[str, Any], b: nn.Module, card_b: dict[str, Any]) -> bool:
+    if type(a) is not Classifier or type(b) is not Classifier:
+        return False
+    sa, sb = card_a["model"], card_b["model"]
+    if (sa.get("transforms") or sb.get("transforms") or sa.get("backbone") != sb.get("backbone")
+            or sa.get("preprocess") != sb.get("preprocess")):
+        return False
+    wa, wb = a.backbone.state_dict(), b.backbone.state_dict()
+    return wa.keys() == wb.keys() and all(wa[k].dtype == wb[k].dtype and wa[k].shape == wb[k].shape
+                                          and torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @dataclass(frozen=True)
 class EvalJob:
     model_dir: Path
@@ -146,12 +176,21 @@ def evaluate_models(jobs: list[EvalJob], splits: list[EvalSplit], data_root: str
         model, card = load_model(job.model_dir)
         models.append((model.to(dev).to(memory_format=torch.channels_last), card))
     results: list[list] = [[] for _ in jobs]
+    shared = shared_backbones(models)
     for i, spec in enumerate(splits):
         t0 = time.perf_counter()
         images, labels, info = split_images(data_root, spec, corrupted_root, seed=seed)
+        outputs: dict[int, torch.Tensor] = {}
+        for members in shared:
+            if len(members) == 1:
+                outputs[members[0]] = predict_logits(models[members[0]][0], images, device=dev)
+            else:
+                heads = [models[j][0].head for j in members]
+                for j, out in zip(members, predict_shared(models[members[0]][0].backbone, heads, images, device=dev)):
+                    outputs[j] = out
         accs = []
-        for (model, _), res in zip(models, results):
-            logits = predict_logits(model, images, device=dev).numpy()
+        for j, res in enumerate(results):
+            logits = outputs[j].numpy()
             if logits.shape[1] <= int(labels.max()):
                 raise ValueError(f"eval split {spec}: label {int(labels.max())} outside the model's "
                                  f"{logits.shape[1]} classes")

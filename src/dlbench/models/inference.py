@@ -52,6 +52,24 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, device: torch.devi
     return infer(model, images, device=device, batch_size=batch_size, input_size=model.input_size, modules=(model,))
 
 
+def predict_shared(backbone: nn.Module, heads: list[nn.Module], images: torch.Tensor, *,
+                   device: torch.device | str = "cpu", batch_size: int = 512) -> list[torch.Tensor]:
+    """Logits of several classifiers that share one backbone (the frozen-feature variants of one
+    pretrained model): one backbone pass per batch, every head on its output. Each result equals
+    ``predict_logits`` of ``Classifier(backbone, head)`` exactly: same batches, same autocast."""
+    widths = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        feats = backbone(x)
+        outs = [head(feats) for head in heads]
+        widths[:] = [o.shape[1] for o in outs]
+        return torch.cat(outs, dim=1)
+
+    logits = infer(fn, images, device=device, batch_size=batch_size, input_size=backbone.input_size,
+                   modules=(backbone, *heads))
+    return list(torch.split(logits, widths, dim=1)) if widths else [logits for _ in heads]
+
+
 def embed(backbone: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu",
           batch_size: int = 512) -> torch.Tensor:
     """Pooled features of a ``Backbone`` (or anything with ``input_size``) at its own input size."""
