@@ -41,9 +41,10 @@ def eval_job_key(groups: list[str]) -> str:
     return "|".join(groups)
 
 
-def frozen_job_groups(plan: Any, pretrained_group: str) -> list[str]:
-    """The evaluation groups the frozen-variant evaluate job of one pretrained group writes."""
-    d, b, p = pretrained_group.split("/")[:3]
+def frozen_job_groups(plan: Any, group: str) -> list[str]:
+    """The evaluation groups the frozen-variant evaluate job of one pretrained model writes (``group``: any
+    group id of that model, ``dataset/backbone/pretrain/...``); the Snakefile's evaluate rule uses it too."""
+    d, b, p = group.split("/")[:3]
     return [f"{d}/{b}/{p}/{v}/none/none" for v in plan.frozen_variants]
 
 
@@ -106,11 +107,9 @@ def compute(config: dict[str, Any]) -> DagState:
     jobs: dict[str, list[str]] = {}
     for group in plan.eval_groups:
         m = ModelId.parse(plan.eval_groups[group][0])
-        if m.adapt in plan.frozen_variants and m.ensemble == "none" and m.compress == "none":
-            key = eval_job_key(frozen_job_groups(plan, group))
-            jobs[key] = frozen_job_groups(plan, group)
-        else:
-            jobs[eval_job_key([group])] = [group]
+        frozen = m.adapt in plan.frozen_variants and m.ensemble == "none" and m.compress == "none"
+        groups = frozen_job_groups(plan, group) if frozen else [group]
+        jobs[eval_job_key(groups)] = groups
     for key, groups in jobs.items():
         dataset, backbone = groups[0].split("/")[:2]
         models = sum(len(plan.eval_groups.get(g, [])) for g in groups)

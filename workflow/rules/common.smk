@@ -8,7 +8,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from dlbench.config import ConfigError
-from dlbench.dag import eval_job_key, load_state
+from dlbench.dag import eval_job_key, frozen_job_groups, load_state
 from dlbench.ids import PATTERN, WILDCARD_CONSTRAINTS, ModelId
 from dlbench.plan import group_key
 from dlbench.resources import wants_gpu
@@ -94,7 +94,7 @@ def job_groups(wildcards):
     """The evaluation groups an evaluate job writes: one, or every frozen variant's of one backbone."""
     if "adapt" in wildcards.keys():
         return [wildcard_group(wildcards)]
-    return [wildcard_group(wildcards, adapt=v) for v in FROZEN]
+    return frozen_job_groups(PLAN, wildcard_group(wildcards, adapt="none"))
 
 
 def group_models(wildcards):
