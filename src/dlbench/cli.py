@@ -167,6 +167,12 @@ def cmd_report_figures(args: argparse.Namespace) -> None:
     make_figures(args.tables, args.out_dir)
 
 
+def cmd_report_findings(args: argparse.Namespace) -> None:
+    from dlbench.report.findings.base import write_findings
+
+    write_findings(args.tables, args.out)
+
+
 def cmd_report_html(args: argparse.Namespace) -> None:
     from dlbench.report.html import write_report
 
@@ -271,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--tables", default="results/tables")
     fg.add_argument("--out-dir", default="results/figures")
     fg.set_defaults(fn=cmd_report_figures)
+    fi = r.add_parser("findings", help="metrics + history + summary tables -> findings.parquet (the course's claims)")
+    fi.add_argument("--tables", default="results/tables")
+    fi.add_argument("--out", default="results/tables/findings.parquet")
+    fi.set_defaults(fn=cmd_report_findings)
     h = r.add_parser("html", help="tables + figures -> self-contained report.html")
     h.add_argument("--tables", default="results/tables")
     h.add_argument("--figures", default="results/figures")

@@ -34,8 +34,8 @@ METHODS_15 = ["random", "rotation", "jigsaw", "colorization", "inpainting", "rel
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 METRICS_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
                    "family", "stage", "parents", "pretrain_kind", "pretrain_family", "lr", "split", "shift",
-                   "corruption", "severity", "acc", "ece", "nll", "brier", "n", "params", "trainable_params",
-                   "nonzero_params", "size_bytes", "latency_ms", "latency_device", "train_seconds"]
+                   "corruption", "severity", "acc", "ece", "nll", "brier", "n", "num_classes", "params",
+                   "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device", "train_seconds"]
 
 
 def kind_of(variant: str) -> str:
@@ -71,7 +71,7 @@ def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[floa
     base = dict(model_id=model_id(dataset, backbone, pretrain, adapt, seed, ensemble), dataset=dataset,
                 backbone=backbone, pretrain=pretrain, adapt=adapt, ensemble=ensemble, compress="none", seed=seed,
                 **lineage(pretrain, adapt, dataset, backbone, seed, ensemble), lr=lr, ece=0.1, nll=1.0, brier=0.3,
-                n=100, params=1000, trainable_params=1000, nonzero_params=1000, size_bytes=4000, latency_ms=1.0,
+                n=100, num_classes=len(CLASSES), params=1000, trainable_params=1000, nonzero_params=1000, size_bytes=4000, latency_ms=1.0,
                 latency_device="cpu", train_seconds=10.0)
     rows = [dict(base, split="test", shift="id", corruption=None, severity=None, acc=id_acc)]
     for sev, a in enumerate(corr, start=1):
@@ -85,7 +85,7 @@ def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[floa
 def frame(rows: list[dict]) -> pd.DataFrame:
     """metrics.parquet from rows, with the aggregate step's column order and nullable dtypes."""
     df = pd.DataFrame(rows)[METRICS_COLUMNS]
-    return df.astype({"severity": "Int64", "lr": "Float64", "trainable_params": "Int64"})
+    return df.astype({"severity": "Int64", "lr": "Float64", "trainable_params": "Int64", "num_classes": "Int64"})
 
 
 def make_metrics(with_ssl: bool = True) -> pd.DataFrame:

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.workflow
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "epochs", "k", "lr",
                   "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
-                  "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device",
-                  "train_seconds"]
+                  "num_classes", "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms",
+                  "latency_device", "train_seconds"]
 METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
 LPFT = "shapes/tiny/simclr/lpft/none/none/seed0"
 FINETUNE = "shapes/tiny/simclr/finetune-lr0.001/none/none/seed0"
@@ -253,7 +253,7 @@ def planned_jobs(repo: Path, config: str) -> dict[str, list[str]]:
     return jobs
 
 
-REPORT_RULES = {"aggregate", "figures", "report_html", "all"}
+REPORT_RULES = {"aggregate", "figures", "findings", "report_html", "all"}
 
 
 def test_changing_one_variant_reruns_only_its_jobs(smoke_repo, first_run, tmp_path):

@@ -1,4 +1,4 @@
-# Report layer: cached outputs -> tidy Parquet tables -> t-SNE, figures -> self-contained HTML.
+# Report layer: cached outputs -> tidy Parquet tables -> t-SNE, figures, findings -> self-contained HTML.
 # The tables hold exactly the models this config makes (the ids are passed, never globbed).
 
 
@@ -67,11 +67,31 @@ rule figures:
         "dlbench report figures --tables {params.tables} --out-dir {params.out} > {log} 2>&1"
 
 
+rule findings:
+    input:
+        metrics=f"{R}/tables/metrics.parquet",
+        history=f"{R}/tables/history.parquet",
+        summary=f"{R}/tables/summary.parquet",
+    output:
+        f"{R}/tables/findings.parquet",
+    params:
+        tables=lambda w, input: os.path.dirname(input.metrics),
+    log:
+        f"{R}/logs/report/findings.log",
+    benchmark:
+        f"{R}/benchmarks/report/findings.tsv"
+    conda:
+        "../envs/dlbench.yaml"
+    shell:
+        "dlbench report findings --tables {params.tables} --out {output} > {log} 2>&1"
+
+
 rule report_html:
     input:
         metrics=f"{R}/tables/metrics.parquet",
         summary=f"{R}/tables/summary.parquet",
         history=f"{R}/tables/history.parquet",
+        findings=f"{R}/tables/findings.parquet",
         figures=[f"{R}/figures/{f}" for _, f in FIGURES],
     output:
         report(f"{R}/report.html", caption="../report/report_html.rst", category="Report"),

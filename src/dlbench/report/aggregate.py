@@ -6,7 +6,8 @@ glob, so a model removed from the config leaves the tables and the report.
 ``metrics.parquet``: one row per (model id, eval split): the id's parts, ``kind``/``family``/
 ``stage`` of the model's last stage, ``parents`` (list of ids), the kind and family of its
 pretraining stage (``pretrain_kind``, ``pretrain_family``; found along the lineage), one nullable
-typed column per knob, the split's shift tags, metrics and costs.
+typed column per knob, the split's shift tags, metrics, ``num_classes`` (from the card's
+``model.classes``; chance level is ``1 / num_classes``) and costs.
 ``history.parquet``: one row per (model id, epoch). ``summary.parquet``: per recipe, seeds pooled.
 """
 
@@ -24,9 +25,17 @@ from dlbench.report.tables import PARTS, SLOTS
 
 LINEAGE = ["kind", "family", "stage", "parents", "pretrain_kind", "pretrain_family"]
 METRICS = ["acc", "ece", "nll", "brier", "n"]
+CLASS_COUNT = "num_classes"  # the model's number of classes (chance = 1 / num_classes), from its card
 COSTS = ["params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device",
          "train_seconds"]
 SPLIT_TAGS = ["split", "shift", "corruption", "severity"]
+
+
+def num_classes(card: dict[str, Any]) -> int | None:
+    """The number of classes a model predicts: its card's class names, else its head size (None if neither)."""
+    model = card.get("model") or {}
+    classes = model.get("classes") or []
+    return len(classes) if classes else (int(model["num_classes"]) if model.get("num_classes") else None)
 
 
 class Cards:
@@ -89,17 +98,18 @@ def metrics_table(results_dir: str | Path, model_ids: list[str], cards: Cards | 
         for split, (logits, labels, tags) in read_logits(pred / "logits.parquet").items():
             rows.append({**base, "split": split, "shift": tags.get("shift", "id"), "corruption": tags.get("corruption"),
                          "severity": tags.get("severity"), **all_metrics(logits, labels),
-                         **{k: costs.get(k) for k in COSTS}})
-    fixed = ["model_id", *PARTS, *LINEAGE, *SPLIT_TAGS, *METRICS, *COSTS]
+                         CLASS_COUNT: num_classes(card), **{k: costs.get(k) for k in COSTS}})
+    fixed = ["model_id", *PARTS, *LINEAGE, *SPLIT_TAGS, *METRICS, CLASS_COUNT, *COSTS]
     clash = sorted(set(knobs) & set(fixed))
     if clash:
         raise ValueError(f"knob name(s) {clash} collide with metrics columns; rename the knob")
     knobs = dict(sorted(knobs.items()))  # by name: the column order does not depend on the order of the ids
-    columns = ["model_id", *PARTS, *LINEAGE, *knobs, *SPLIT_TAGS, *METRICS, *COSTS]
+    columns = ["model_id", *PARTS, *LINEAGE, *knobs, *SPLIT_TAGS, *METRICS, CLASS_COUNT, *COSTS]
     df = pd.DataFrame(rows, columns=columns)
     df["seed"] = df["seed"].astype("int64")
     df["severity"] = df["severity"].astype("Int64")
     df["n"] = df["n"].astype("int64")
+    df[CLASS_COUNT] = df[CLASS_COUNT].astype("Int64")
     for k in ("params", "nonzero_params", "size_bytes"):
         df[k] = df[k].astype("int64")
     df["trainable_params"] = df["trainable_params"].astype("Int64")

@@ -1,7 +1,10 @@
 """Tables + figures -> one self-contained HTML report (figures embedded as base64 PNG).
 
 One ``<h2>`` per registered section (``dlbench.report.sections``), in order; a section with
-nothing in this config says so. Provenance (dataset hashes, package versions, the config) last.
+nothing in this config says so. Below the intro, one line sums up the findings
+(``tables/findings.parquet``, linking to the sections that show them); without that table (results
+of an older version) the report says findings were not computed. Provenance (dataset hashes,
+package versions, the config) last.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import yaml
 from dlbench.io import atomic_path
 from dlbench.provenance import dataset_hashes, package_versions
 from dlbench.report.figures import read_tables
+from dlbench.report.findings.base import read_findings, summary_html
 from dlbench.report.sections import Section, load_all
 
 STYLE = """
@@ -27,6 +31,9 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em}.empty{color:#888;font-style:italic}
 .alert{color:#fff;background:#c00;padding:0.5em 1em;font-weight:bold}table.alert-table td{color:#c00}
+table.findings td{text-align:left;vertical-align:top}td.holds{color:#070;white-space:nowrap}
+td.fails{color:#c00;font-weight:bold;white-space:nowrap}td.untestable{color:#888;white-space:nowrap}
+.findings-summary{background:#f4f4f4;padding:0.5em 1em}
 """
 
 
@@ -43,6 +50,10 @@ def section_figures(section: Section, figures: Path) -> list[str]:
 
 def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: str | Path, out: str | Path) -> None:
     tables, figures = read_tables(tables_dir), Path(figures_dir)
+    findings = read_findings(tables_dir)
+    if findings is not None:  # absent: sections and the summary line say findings were not computed
+        tables["findings"] = findings
+    sections = load_all()
     metrics = tables["metrics"]
     config_text = Path(config_path).read_text() if Path(config_path).exists() else "(config not found)"
     config = (yaml.safe_load(config_text) if Path(config_path).exists() else None) or {}
@@ -50,8 +61,9 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, config_path: s
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p>{metrics['model_id'].nunique()} models x eval splits = {len(metrics)} rows in "
-             f"<code>tables/metrics.parquet</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
-    for section in load_all():
+             f"<code>tables/metrics.parquet</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+             summary_html(tables, {s.key: s.title for s in sections})]
+    for section in sections:
         parts.append(f"<h2 id='{section.key}'>{html.escape(section.title)}</h2><p>{html.escape(section.blurb)}</p>")
         body = section.render(tables, figures)
         parts += body or ["<p class='empty'>Not in this config yet.</p>"]

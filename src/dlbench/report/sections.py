@@ -16,7 +16,7 @@ import pandas as pd
 
 from dlbench.registry import Registry
 
-Tables = dict[str, pd.DataFrame]  # metrics, summary, history, tsne (empty frames when absent)
+Tables = dict[str, pd.DataFrame]  # metrics, summary, history, tsne (empty frames when absent); findings (if computed)
 
 
 @dataclass(frozen=True)

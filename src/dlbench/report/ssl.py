@@ -475,12 +475,14 @@ def collapse_html(history: pd.DataFrame, threshold: float = COLLAPSE_THRESHOLD) 
 
 def render(tables: Tables, figures: Path) -> list[str]:
     """HTML parts of the section (empty list when the config has no SSL models)."""
+    from dlbench.report.findings.base import findings_html
     from dlbench.report.html import section_figures
 
     summary = ssl_summary(tables["metrics"])
     if not (summary["pretrain"] != "none").any():
         return []
-    parts = ["<h3>Protocols</h3><p>Mean ± std over seeds. OOD: mean over shift kinds of the mean accuracy "
+    parts = [findings_html(tables, SECTION.key),
+             "<h3>Protocols</h3><p>Mean ± std over seeds. OOD: mean over shift kinds of the mean accuracy "
              "over each kind's splits (one style split weighs as much as the whole corruption suite).</p>",
              protocol_table(summary).to_html(classes="results", border=0),
              "<h3>Representation collapse</h3>", collapse_html(tables["history"])]
