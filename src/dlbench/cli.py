@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``dlbench`` command. With ``DLBENCH_WORKER=1`` or ``auto`` (local Snakemake runs set it) the verb
+    runs in a forked child of a server that imported torch and timm once (dlbench.worker), falling back
+    to this process if the worker cannot be set up; unset or ``0``: in this process."""
+    if os.environ.get("DLBENCH_WORKER", "0").strip().lower() in ("1", "auto"):
+        from dlbench.worker import run_via_worker
+
+        code = run_via_worker(sys.argv[1:] if argv is None else list(argv))
+        if code is not None:
+            return code
+    return run_in_process(argv)
+
+
+def run_in_process(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the verb here; 2 for a config/data/checkpoint/registry error."""
     args = build_parser().parse_args(argv)
     from dlbench.config import ConfigError
     from dlbench.data.store import DatasetError

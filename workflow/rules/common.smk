@@ -12,6 +12,7 @@ from dlbench.dag import eval_job_key, frozen_job_groups, load_state
 from dlbench.ids import PATTERN, WILDCARD_CONSTRAINTS, ModelId
 from dlbench.plan import group_key
 from dlbench.resources import wants_gpu
+from dlbench.worker import enable_for_local_jobs
 
 try:
     STATE = load_state(config)  # checked config + plan + runtimes, cached per (config, code): dlbench.dag
@@ -27,6 +28,13 @@ GPU = 1 if wants_gpu(DEVICE) else 0
 EVAL = CFG["evaluate"]
 
 workflow.global_wildcard_constraints(**WILDCARD_CONSTRAINTS)
+
+
+onstart:
+    # local runs: every job's `dlbench` forks from one server that imported torch/timm once (dlbench.worker);
+    # not with the SLURM executor (the executor is known only once jobs start). DLBENCH_WORKER=0 turns it off.
+    enable_for_local_jobs(workflow)
+
 
 MODEL = PATTERN
 PRETRAINED = "{dataset}/{backbone}/{pretrain}/none/none/none/seed{seed}"
