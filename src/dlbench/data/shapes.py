@@ -1,7 +1,13 @@
 """`shapes`: an offline, procedurally rendered 10-class image set with a style-shift OOD split.
 
 Each 32x32 RGB image shows one shape (the class) under nuisance factors: colour, size,
-position, rotation, and background texture. The ``style`` split renders the same
+position, rotation, and background texture. Colours and backgrounds come from small finite
+sets (8 foreground colours, 3 background colours, 5 texture kinds whose every parameter takes
+one of ``LEVELS`` values: 33 backgrounds), so each one is shared by hundreds of images and
+instance discrimination (SSL) can only tell an image from its look-alikes by the object's
+shape, size, position and pose. With continuous texture parameters and a per-image colour
+tint every image carried a unique fingerprint, and SSL learned that instead of the shape
+(linear probes of SimCLR/BYOL within 2-5 points of random features). The ``style`` split renders the same
 classes the way training never does (outline-only or sketchy strokes, hatched fills,
 unseen palettes and backgrounds), so a model that learned shape generalises and one that
 learned texture does not. Every image has a caption, for the later CLIP work.
@@ -107,39 +113,61 @@ class Recipe:
     rendering: str
 
 
-def _background(kind: str, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, fg: np.ndarray) -> np.ndarray:
-    """H x W x 3 float background texture in [0, 1]."""
+# Backgrounds come from small finite sets, so that thousands of images share each one: a background
+# (or a foreground tint) that is unique to an image would let instance discrimination tell two images
+# apart without looking at the object (issue: SSL on continuous textures learned the texture fingerprint).
+# Base colours are muted and far from the foreground; the texture's second colour is a fixed offset.
+TRAIN_BG_COLOURS = ((0.55, 0.50, 0.42), (0.42, 0.52, 0.58), (0.38, 0.45, 0.38))
+STYLE_BG_COLOURS = ((0.80, 0.72, 0.55), (0.50, 0.70, 0.65), (0.72, 0.55, 0.75), (0.85, 0.85, 0.80))
+TEXTURE_OFFSET = (0.12, -0.10, 0.08)
+LEVELS = 2  # every texture parameter (angle, frequency, noise pattern) takes one of this many values
+
+
+def _level(rng: np.random.Generator, lo: float, hi: float, levels: int = LEVELS) -> float:
+    """One of ``levels`` evenly spaced values in [lo, hi] (a finite set shared by many images)."""
+    return lo + (hi - lo) * int(rng.integers(levels)) / max(1, levels - 1)
+
+
+def _noise_pattern(index: int, cells: int = 8) -> np.ndarray:
+    """The ``index``-th of LEVELS fixed coarse noise patterns (the same for every image that draws it)."""
+    return np.random.default_rng(SEED + 7919 * index).uniform(0, 1, (cells, cells))
+
+
+def _base_colour(rng: np.random.Generator, colours: tuple, fg: np.ndarray) -> np.ndarray:
+    """A background colour of the set, drawn among those far enough from the foreground."""
+    far = [np.array(c) for c in colours if np.abs(np.array(c) - fg).mean() > 0.25]
+    pool = far or [np.array(c) for c in colours]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _background(kind: str, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, fg: np.ndarray,
+                style: bool = False) -> np.ndarray:
+    """H x W x 3 float background texture in [0, 1]; every parameter from a finite set."""
     h, w = xx.shape
-    # muted base colour far from the foreground, and a low-amplitude second colour for the texture,
-    # so the shape stays the most salient object while the texture is still a nuisance
-    for _ in range(20):
-        c1 = rng.uniform(0.15, 0.85, 3)
-        if np.abs(c1 - fg).mean() > 0.3:
-            break
-    c2 = np.clip(c1 + rng.uniform(-0.15, 0.15, 3), 0, 1)
+    c1 = _base_colour(rng, STYLE_BG_COLOURS if style else TRAIN_BG_COLOURS, fg)
+    c2 = np.clip(c1 + np.array(TEXTURE_OFFSET), 0, 1)
     if kind == "plain":
         t = np.zeros((h, w))
     elif kind == "gradient":
-        a = rng.uniform(0, 2 * np.pi)
+        a = _level(rng, 0, 2 * np.pi * (LEVELS - 1) / LEVELS)
         t = (np.cos(a) * xx + np.sin(a) * yy + 1) / 2
     elif kind == "stripes":
-        a, f = rng.uniform(0, np.pi), rng.uniform(3, 7)
+        a, f = _level(rng, 0, np.pi * (LEVELS - 1) / LEVELS), _level(rng, 3, 7)
         t = (np.sin(f * np.pi * (np.cos(a) * xx + np.sin(a) * yy)) > 0).astype(float)
     elif kind == "checker":
-        f = rng.uniform(2, 5)
+        f = _level(rng, 2, 5)
         t = ((np.floor((xx + 1) * f) + np.floor((yy + 1) * f)) % 2).astype(float)
     elif kind == "noise":
-        coarse = rng.uniform(0, 1, (8, 8))
-        t = np.kron(coarse, np.ones((h // 8, w // 8)))
+        t = np.kron(_noise_pattern(int(rng.integers(LEVELS))), np.ones((h // 8, w // 8)))
     elif kind == "dots":
-        f = rng.uniform(3, 5)
+        f = _level(rng, 3, 5)
         gx, gy = (xx + 1) * f % 1 - 0.5, (yy + 1) * f % 1 - 0.5
         t = (gx * gx + gy * gy < 0.09).astype(float)
     elif kind == "waves":
-        f = rng.uniform(4, 8)
-        t = (np.sin(f * np.pi * np.sqrt((xx - rng.uniform(-1, 1)) ** 2 + (yy - rng.uniform(-1, 1)) ** 2)) + 1) / 2
+        f, ox, oy = _level(rng, 4, 8), _level(rng, -1, 1), _level(rng, -1, 1)
+        t = (np.sin(f * np.pi * np.sqrt((xx - ox) ** 2 + (yy - oy) ** 2)) + 1) / 2
     elif kind == "plaid":
-        f = rng.uniform(3, 6)
+        f = _level(rng, 3, 6)
         t = 0.5 * (np.sin(f * np.pi * xx) > 0.6) + 0.5 * (np.sin(f * np.pi * yy) > 0.6)
     elif kind == "paper":
         c1, c2 = np.array([0.97, 0.96, 0.9]), np.array([0.6, 0.7, 0.9])
@@ -161,8 +189,8 @@ def render(recipe: Recipe, rng: np.random.Generator) -> np.ndarray:
     xx, yy = np.meshgrid(lin, -lin)
     name = CLASSES[recipe.cls]
     palette = TRAIN_PALETTE if recipe.colour in TRAIN_PALETTE else STYLE_PALETTE
-    fg = np.clip(np.array(palette[recipe.colour]) / 255 + rng.normal(0, 0.05, 3), 0, 1)
-    img = _background(recipe.background, rng, xx, yy, fg)
+    fg = np.array(palette[recipe.colour]) / 255  # no per-image tint: it would fingerprint the image
+    img = _background(recipe.background, rng, xx, yy, fg, style=palette is STYLE_PALETTE)
     ca, sa = np.cos(recipe.angle), np.sin(recipe.angle)
     dx, dy = xx - recipe.cx, yy - recipe.cy
     u = (ca * dx + sa * dy) / recipe.radius
