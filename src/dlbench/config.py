@@ -285,6 +285,25 @@ def _check_pretrain(cfg: dict[str, Any]) -> None:
             if key in seen:
                 raise ConfigError(f"{where}: {key} is listed twice (model ids would collide)")
             seen.add(key)
+        _check_run_adapt(cfg, run, where)
+
+
+def _check_run_adapt(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:
+    """A run's ``adapt`` overrides name adapt variants and leave each a valid recipe."""
+    from dlbench.adapt.base import load_all as load_kinds
+    from dlbench.plan import merge
+
+    variants = (cfg.get("adapt") or {}).get("variants") or {}
+    for name, override in (run.get("adapt") or {}).items():
+        if name not in variants:
+            raise ConfigError(f"{where}.adapt.{name}: not an adapt variant; variants: {', '.join(variants) or '(none)'}")
+        kind = load_kinds().get(variants[name].get("kind", name))
+        merged = merge({**kind.defaults, **variants[name]}, override)
+        unknown = sorted(set(override) - set(kind.defaults))
+        if unknown:
+            raise ConfigError(f"{where}.adapt.{name}: unknown parameter {unknown[0]!r} of adapt kind {kind.name!r}")
+        if isinstance(merged.get("train"), dict):
+            check_train(merged["train"], f"{where}.adapt.{name}.train")
 
 
 def _check_sides(cfg: dict[str, Any], run: dict[str, Any], variant: str, cls: type, entry: dict[str, Any]) -> None:

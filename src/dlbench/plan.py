@@ -48,6 +48,14 @@ class Entry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override`` recursively (nested dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, val in override.items():
+        out[k] = merge(out[k], val) if isinstance(val, dict) and isinstance(out.get(k), dict) else copy.deepcopy(val)
+    return out
+
+
 def _knob_values(knobs: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
     return {k: get_path(resolved, path) for k, path in knobs.items()}
 
@@ -114,6 +122,18 @@ class Plan:
                 out[name] = Variant(name, base, kind.name, params, _knob_values(kind.knobs, params), entry.get("of"))
         return out
 
+    @staticmethod
+    def run_variant(v: Variant, overrides: dict[str, Any]) -> Variant:
+        """``v`` with its pretrain run's overrides for its base variant merged in (``runs[i].adapt``):
+        one backbone may need its own recipe (a ViT fine-tunes with AdamW at a lower lr and layer-wise
+        decay, as in the MAE paper) without a second variant name for the same protocol."""
+        if v.base not in overrides:
+            return v
+        from dlbench.adapt.base import load_all
+
+        entry = merge(v.entry, overrides[v.base])
+        return Variant(v.name, v.base, v.kind, entry, _knob_values(load_all().get(v.kind).knobs, entry), v.of)
+
     def adapt_job(self, variant: str) -> str:
         from dlbench.adapt.base import load_all
 
@@ -168,11 +188,14 @@ class Plan:
                                   "train": {**pre["train"], **v.entry.get("train", {})},
                                   "views": {**pre.get("views", {}), **v.entry.get("views", {})},
                                   "params": dict(v.entry.get("params") or {}), "knobs": v.knobs}
-                        self._add(Entry(mid, "pretrain", "pretrain", v.kind, recipe, evaluated=False))
+                        self._add(Entry(mid, "pretrain", "pretrain", v.kind, recipe, evaluated=False,
+                                        extra={"adapt": run.get("adapt") or {}}))
 
     def _add_adapted(self) -> None:
-        for pid in [e.id for e in self.entries.values() if e.stage == "pretrain"]:
+        for pre in [e for e in self.entries.values() if e.stage == "pretrain"]:
+            pid = pre.id
             for name, v in self.adapt_variants.items():
+                v = self.run_variant(v, pre.extra.get("adapt", {}))
                 mid = pid.with_(adapt=name)
                 source = pid.with_(adapt=v.of) if v.of else pid
                 recipe = {"id": str(mid), "kind": v.kind, "variant": name, "dataset": pid.dataset,

@@ -159,3 +159,11 @@ def test_check_fills_defaults_without_touching_the_input():
     out = check(cfg)
     assert out["results_dir"] == "results" and out["device"] == "cpu" and out["backbones"]["tiny"]["source"] == "timm"
     assert "results_dir" not in cfg
+
+
+def test_run_adapt_override_names_a_variant_and_a_valid_recipe():
+    cfg = raw()
+    cfg["pretrain"]["runs"][0]["adapt"] = {"finetuen": {"train": {"lr": 0.1}}}
+    fails(cfg, r"pretrain.runs\[0\].adapt.finetuen: not an adapt variant")
+    cfg["pretrain"]["runs"][0]["adapt"] = {"finetune": {"train": {"lr": 0.1, "epochz": 3}}}
+    fails(cfg, r"pretrain.runs\[0\].adapt.finetune.train")

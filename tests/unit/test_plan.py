@@ -176,3 +176,14 @@ def test_evaluation_groups_are_the_seeds_of_one_model():
     for key, ids in groups.items():
         recipes = [{k: v for k, v in plan.recipe(i).items() if k not in ("id", "seed", "source")} for i in ids]
         assert all(r == recipes[0] for r in recipes), key
+
+
+def test_run_adapt_overrides_change_only_that_runs_models():
+    """A pretrain run's `adapt` overrides (the ViT's fine-tuning recipe) reach its models only, as knobs too."""
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    vit = plan.recipe("shapes/vit_t/mae/finetune/none/none/seed0")
+    res = plan.recipe("shapes/resnet10s/simclr/finetune/none/none/seed0")
+    assert vit["params"]["train"]["layer_decay"] == 0.75 and vit["knobs"]["lr"] == 0.001
+    assert vit["params"]["train"]["batch_size"] == res["params"]["train"]["batch_size"]  # merged, not replaced
+    assert "layer_decay" not in res["params"]["train"] and res["knobs"]["lr"] == 0.004
+    assert "layer_decay" not in plan.recipe("shapes/vit_t/mae/lpft/none/none/seed0")["params"]["train"]
