@@ -304,6 +304,8 @@ def _check_run_adapt(cfg: dict[str, Any], run: dict[str, Any], where: str) -> No
             raise ConfigError(f"{where}.adapt.{name}: unknown parameter {unknown[0]!r} of adapt kind {kind.name!r}")
         if isinstance(merged.get("train"), dict):
             check_train(merged["train"], f"{where}.adapt.{name}.train")
+        if "fraction" in override:
+            _check_fraction(override["fraction"], f"{where}.adapt.{name}.fraction")
 
 
 def _check_sides(cfg: dict[str, Any], run: dict[str, Any], variant: str, cls: type, entry: dict[str, Any]) -> None:
@@ -362,7 +364,7 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
         if kind_name not in kinds:
             raise ConfigError(f"{where}.kind: unknown adapt kind {kind_name!r}; known: {', '.join(kinds.names())}")
         kind = kinds.get(kind_name)
-        params = {k: v for k, v in variant.items() if k not in ("kind", "of", "sweep")}
+        params = {k: v for k, v in variant.items() if k not in ADAPT_VARIANT_KEYS}
         for key in params:
             if key not in kind.defaults:
                 raise ConfigError(f"unknown config key {where}.{key}: not a parameter of adapt kind {kind.name!r}; "
@@ -380,6 +382,12 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
             AugmentConfig.from_dict(params["augment"])
         _check_sweep(variant.get("sweep"), kind.knobs, where, kind.name)
         _check_variant_name("adapt", name, variant.get("sweep"))
+        if "fraction" in params:
+            _check_fraction(params["fraction"], f"{where}.fraction")
+        for value in (variant.get("sweep") or {}).get("fraction", []):
+            _check_fraction(value, f"{where}.sweep.fraction")
+        if "pretrain" in variant:
+            _check_adapt_pretrain(cfg, variant["pretrain"], f"{where}.pretrain")
         if kind.of:
             of = variant.get("of")
             if of is None:
@@ -392,6 +400,49 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
                                   f"{of}-<knob><value>)")
         elif "of" in variant:
             raise ConfigError(f"{where}.of: adapt kind {kind.name!r} does not start from another variant")
+        if kind.of:
+            _check_of_pretrain(cfg, variants, name, base)
+
+
+# variant keys that are not the kind's parameters: its kind, the variant it starts from, its sweep,
+# and the pretrain variants it runs for (default: all)
+ADAPT_VARIANT_KEYS = ("kind", "of", "sweep", "pretrain")
+
+
+def _check_fraction(value: Any, where: str) -> None:
+    """A label fraction (adapt kinds' ``fraction``): a number with 0 < fraction <= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{where}: the fraction of the labeled train split must be a number with "
+                          f"0 < fraction <= 1, got {value!r}")
+
+
+def pretrain_base_names(cfg: dict[str, Any]) -> list[str]:
+    """Every pretrain variant name some pretrain run lists (base names: a sweep's points share it)."""
+    return list(dict.fromkeys(v for run in (cfg.get("pretrain") or {}).get("runs", []) for v in run["variants"]))
+
+
+def _check_adapt_pretrain(cfg: dict[str, Any], names: list[str], where: str) -> None:
+    """An adapt variant's ``pretrain:`` list names registered pretraining methods or configured pretrain
+    variants (a typo fails here). It need not name one that a run trains: trimming ``pretrain.runs``
+    (e.g. to one method) must not break the config; such a name just makes no models."""
+    from dlbench.pretrain.base import load_all as load_methods
+
+    known = set(load_methods().names()) | set(((cfg.get("pretrain") or {}).get("variants") or {}))
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"{where}: {n!r} is neither a registered pretraining method nor a pretrain variant; "
+                              f"pretrain runs list: {', '.join(pretrain_base_names(cfg)) or 'none'}")
+
+
+def _check_of_pretrain(cfg: dict[str, Any], variants: dict[str, Any], name: str, of_base: str) -> None:
+    """A variant with ``of`` runs only where the variant it starts from runs (its ``pretrain:`` list
+    within that one's)."""
+    allowed = variants[name].get("pretrain") or pretrain_base_names(cfg)
+    start = variants[of_base].get("pretrain")
+    missing = [n for n in allowed if start is not None and n not in start]
+    if missing:
+        raise ConfigError(f"adapt.variants.{name}.pretrain: runs for {', '.join(missing)}, but its `of` variant "
+                          f"{of_base!r} does not (its pretrain: list is {', '.join(start)})")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def frozen_job_groups(plan: Any, group: str) -> list[str]:
     """The evaluation groups the frozen-variant evaluate job of one pretrained model writes (``group``: any
     group id of that model, ``dataset/backbone/pretrain/...``); the Snakefile's evaluate rule uses it too."""
     d, b, p = group.split("/")[:3]
-    return [f"{d}/{b}/{p}/{v}/none/none" for v in plan.frozen_variants]
+    return [f"{d}/{b}/{p}/{v}/none/none" for v in plan.frozen_variants_of(p)]
 
 
 def _source_digest() -> str:
@@ -98,7 +98,7 @@ def compute(config: dict[str, Any]) -> DagState:
     cfg = check(config)
     plan = Plan(cfg)
     for view in ("pretrain_variants", "adapt_variants", "frozen_variants", "trained_variants", "evaluated_ids",
-                 "eval_groups", "used_datasets", "tsne_models"):
+                 "eval_groups", "used_datasets", "tsne_models", "pretrain_base", "frozen_sets"):
         getattr(plan, view)  # computed now: the cached plan never needs a registry (torch) again
     threads = cfg["threads"]["train"]
     state = DagState(cfg, plan, [(s.title, f.name) for s, f in all_figures()])

@@ -3,7 +3,7 @@
 ``Plan(cfg)`` is computed once per Snakemake invocation (``workflow/rules/common.smk``) and is
 the only place that knows which models a config makes. Named variants with sweeps expand to
 one variant per point (``finetune-lr0.001``), each point's values are *knobs* (a metrics column
-each). Every model gets a self-contained *recipe*: what its stage needs to train it, and nothing
+each). An adapt variant with a ``pretrain:`` list runs only for those pretrain variants (base names). Every model gets a self-contained *recipe*: what its stage needs to train it, and nothing
 that another variant's change could touch, so Snakemake reruns exactly the jobs whose recipe
 changed (its ``params`` rerun trigger).
 """
@@ -11,7 +11,7 @@ changed (its ``params`` rerun trigger).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -29,9 +29,13 @@ class Variant:
     name: str
     base: str
     kind: str
-    entry: dict[str, Any]  # the variant's config with the sweep values applied (no kind / sweep / of)
+    entry: dict[str, Any]  # the variant's config with the sweep values applied (no kind / sweep / of / pretrain)
     knobs: dict[str, Any]
     of: str | None = None
+    pretrain: tuple[str, ...] | None = None  # adapt variants: the pretrain variants (base names) it runs for; None: all
+
+    def runs_for(self, pretrain_base: str) -> bool:
+        return self.pretrain is None or pretrain_base in self.pretrain
 
 
 @dataclass
@@ -63,7 +67,7 @@ def _knob_values(knobs: dict[str, str], resolved: dict[str, Any]) -> dict[str, A
 def expand(base: str, entry: dict[str, Any], kind: str, knobs: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     """(name, entry with the sweep values set) for every point of ``entry``'s sweep."""
     points = sweep_points(entry.get("sweep"))
-    plain = {k: v for k, v in entry.items() if k not in ("kind", "sweep", "of")}
+    plain = {k: v for k, v in entry.items() if k not in ("kind", "sweep", "of", "pretrain")}
     out = []
     for point in points:
         e = copy.deepcopy(plain)
@@ -119,8 +123,15 @@ class Plan:
             kind = kinds.get(entry.get("kind", base))
             for name, e in expand(base, entry, kind.name, kind.knobs):
                 params = {**copy.deepcopy(kind.defaults), **e}
-                out[name] = Variant(name, base, kind.name, params, _knob_values(kind.knobs, params), entry.get("of"))
+                restrict = tuple(entry["pretrain"]) if entry.get("pretrain") else None
+                out[name] = Variant(name, base, kind.name, params, _knob_values(kind.knobs, params), entry.get("of"),
+                                    restrict)
         return out
+
+    @cached_property
+    def pretrain_base(self) -> dict[str, str]:
+        """Pretrain variant point name (the model id's pretrain slot) -> its base name."""
+        return {p.name: base for base, points in self.pretrain_variants.items() for p in points}
 
     @staticmethod
     def run_variant(v: Variant, overrides: dict[str, Any]) -> Variant:
@@ -132,7 +143,7 @@ class Plan:
         from dlbench.adapt.base import load_all
 
         entry = merge(v.entry, overrides[v.base])
-        return Variant(v.name, v.base, v.kind, entry, _knob_values(load_all().get(v.kind).knobs, entry), v.of)
+        return replace(v, entry=entry, knobs=_knob_values(load_all().get(v.kind).knobs, entry))
 
     def adapt_job(self, variant: str) -> str:
         from dlbench.adapt.base import load_all
@@ -146,6 +157,26 @@ class Plan:
     @cached_property
     def trained_variants(self) -> list[str]:
         return [v for v in self.adapt_variants if self.adapt_job(v) == "train"]
+
+    def frozen_variants_of(self, pretrain: str) -> list[str]:
+        """The frozen variants a pretrained model of pretrain variant ``pretrain`` (the id's slot, a sweep
+        point included) gets: every frozen variant whose ``pretrain:`` list (if any) names its base."""
+        base = self.pretrain_base.get(pretrain, pretrain)
+        return [v for v in self.frozen_variants if self.adapt_variants[v].runs_for(base)]
+
+    @cached_property
+    def frozen_sets(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """(frozen variants, the pretrain slots that get exactly these): one frozen job rule (and one frozen
+        evaluate rule) per entry, since a rule's outputs are fixed. One entry unless an adapt variant's
+        ``pretrain:`` list makes the frozen variants differ between pretrain variants; slots without any
+        frozen variant are left out. In order of first appearance."""
+        sets: dict[tuple[str, ...], list[str]] = {}
+        for pid in self.ids(stage="pretrain"):
+            slot = ModelId.parse(pid).pretrain
+            frozen = tuple(self.frozen_variants_of(slot))
+            if frozen and slot not in sets.setdefault(frozen, []):
+                sets[frozen].append(slot)
+        return [(frozen, tuple(slots)) for frozen, slots in sets.items()]
 
     # ---- entries ----------------------------------------------------------------------------
 
@@ -195,6 +226,8 @@ class Plan:
         for pre in [e for e in self.entries.values() if e.stage == "pretrain"]:
             pid = pre.id
             for name, v in self.adapt_variants.items():
+                if not v.runs_for(self.pretrain_base[pid.pretrain]):  # the variant's `pretrain:` list
+                    continue
                 v = self.run_variant(v, pre.extra.get("adapt", {}))
                 mid = pid.with_(adapt=name)
                 source = pid.with_(adapt=v.of) if v.of else pid
@@ -235,7 +268,7 @@ class Plan:
 
     def frozen_recipes(self, pretrained_id: str) -> list[dict[str, Any]]:
         pid = ModelId.parse(pretrained_id)
-        return [self.recipe(str(pid.with_(adapt=v))) for v in self.frozen_variants]
+        return [self.recipe(str(pid.with_(adapt=v))) for v in self.frozen_variants_of(pid.pretrain)]
 
     @cached_property
     def used_datasets(self) -> list[str]:
@@ -282,17 +315,25 @@ class Plan:
     @cached_property
     def tsne_models(self) -> dict[str, str]:
         """model id -> t-SNE panel ('pretrained' or 'finetuned') for the SSL section: per pretrained
-        backbone (first seed), its first frozen variant (the frozen features) and its first ``finetune``."""
+        backbone (first seed), its first frozen variant (the frozen features) and its first ``finetune``,
+        preferring variants trained on the whole labeled split (no ``fraction`` below 1)."""
         out: dict[str, str] = {}
-        first_ft = next((v for v in self.trained_variants if self.adapt_variants[v].kind == "finetune"), None)
+
+        def full_first(names: list[str]) -> list[str]:
+            full = [v for v in names if (self.adapt_variants[v].knobs.get("fraction") or 1.0) >= 1]
+            return full + [v for v in names if v not in full]
+
         seen = set()
         for pid in self.ids(stage="pretrain"):
             m = ModelId.parse(pid)
             if (m.dataset, m.backbone, m.pretrain) in seen:
                 continue
             seen.add((m.dataset, m.backbone, m.pretrain))
-            if self.frozen_variants:
-                out[str(m.with_(adapt=self.frozen_variants[0]))] = "pretrained"
-            if first_ft:
-                out[str(m.with_(adapt=first_ft))] = "finetuned"
+            frozen = full_first(self.frozen_variants_of(m.pretrain))
+            if frozen:
+                out[str(m.with_(adapt=frozen[0]))] = "pretrained"
+            fts = full_first([v for v in self.trained_variants if self.adapt_variants[v].kind == "finetune"
+                              and str(m.with_(adapt=v)) in self.entries])
+            if fts:
+                out[str(m.with_(adapt=fts[0]))] = "finetuned"
         return out

@@ -78,6 +78,8 @@ def job_minutes(cfg: dict[str, Any], recipe: dict[str, Any], stage: str, threads
     else:
         train = (recipe.get("params") or {}).get("train")
         images = _split_size(dataset, recipe["train_split"])
+        if train:  # a label-fraction variant trains on that share of the split (frozen jobs embed all of it)
+            images = max(1, round(images * float((recipe.get("params") or {}).get("fraction") or 1.0)))
         passes = TRAIN_FACTOR
     epochs = int(train["epochs"]) if train else 1
     if not train:  # frozen features: one pass over train and val

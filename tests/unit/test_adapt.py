@@ -324,6 +324,101 @@ def test_adapt_without_val_split_holds_out_part_of_train(world, tmp_path):
     assert cards[0]["model"]["head"]["bank_size"] == SIZES["train"] - 4  # 10% of 40, one per class
 
 
+# ---- label fractions ----------------------------------------------------------------------------
+
+def test_label_fraction_subset_is_class_balanced_deterministic_and_nested():
+    from dlbench.data.loader import label_fraction_subset
+
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 7 + [3] * 1)[torch.randperm(158, generator=torch.Generator()
+                                                                                  .manual_seed(3))]
+    for fraction, per_class in ((0.1, {0: 10, 1: 5, 2: 1, 3: 1}), (0.01, {0: 1, 1: 1, 2: 1, 3: 1}),
+                                (0.5, {0: 50, 1: 25, 2: 4, 3: 1})):  # round(3.5) = 4; at least one each
+        idx = label_fraction_subset(labels, fraction, seed=0)
+        assert torch.equal(idx, idx.sort().values) and len(set(idx.tolist())) == len(idx)
+        assert {c: int((labels[idx] == c).sum()) for c in range(4)} == per_class, fraction
+        assert torch.equal(idx, label_fraction_subset(labels, fraction, seed=0))  # deterministic
+    assert torch.equal(label_fraction_subset(labels, 1.0, seed=5), torch.arange(158))
+    small, large = (set(label_fraction_subset(labels, f, seed=1).tolist()) for f in (0.1, 0.5))
+    assert small <= large  # one permutation per class and seed: the subsets are nested
+    assert label_fraction_subset(labels, 0.5, seed=0).tolist() != label_fraction_subset(labels, 0.5, seed=1).tolist()
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            label_fraction_subset(labels, bad, seed=0)
+
+
+def test_every_protocol_with_one_seed_and_fraction_gets_the_same_images():
+    from dlbench.adapt.run import train_subset
+
+    y = torch.arange(200) % 10
+    a = train_subset(y, {**PARAMS["linear"], "fraction": 0.05}, seed=1)
+    b = train_subset(y, {**PARAMS["finetune"], "fraction": 0.05}, seed=1)
+    assert torch.equal(a, b) and len(a) == 10 and set(y[a].tolist()) == set(range(10))
+    assert train_subset(y, {**PARAMS["knn"], "fraction": 1.0}, seed=1) is None
+    assert train_subset(y, PARAMS["knn"], seed=1) is None  # a kind without the parameter: the whole split
+
+
+def frac_recipe(variant: str, kind: str, fraction: float, **params) -> dict:
+    base = recipe(kind)
+    return {**base, "id": model_id(variant), "variant": variant,
+            "params": {**PARAMS[kind], "fraction": fraction, **params}, "knobs": {"fraction": fraction}}
+
+
+def test_frozen_job_with_fraction_variants_shares_one_feature_pass(world, tmp_path, monkeypatch):
+    import dlbench.adapt.base as base
+    from dlbench.data.loader import label_fraction_subset
+
+    calls = []
+    real_embed = base.embed
+    monkeypatch.setattr(base, "embed", lambda *a, **k: calls.append(len(a[1])) or real_embed(*a, **k))
+    recipes = [recipe("linear"), frac_recipe("linear-fraction0.5", "linear", 0.5),
+               frac_recipe("knn-fraction0.1", "knn", 0.1)]
+    outs = [tmp_path / r["variant"] for r in recipes]
+    cards = adapt(recipes, world["pre"], world["data"], outs, device="cpu", log=lambda s: None)
+    assert calls == [SIZES["train"], SIZES["val"]]  # the whole train split and val, once for all three variants
+    assert [c["info"]["train_images"] for c in cards] == [40, 20, 4]  # 10 per class: 5 and 1 of each
+    assert cards[2]["model"]["head"]["bank_size"] == 4 and cards[1]["knobs"] == {"fraction": 0.5}
+    # the kNN bank is the subset's features: the whole split's features indexed by the subset
+    train_x, train_y, _ = load_tensors(world["data"], "toy", "train")
+    idx = label_fraction_subset(train_y, 0.1, seed=0)
+    knn, _ = load_model(outs[2])
+    backbone, _ = load_backbone(world["pre"])
+    with torch.no_grad():
+        feats = real_embed(backbone, train_x[idx], device=torch.device("cpu"))
+    torch.testing.assert_close(knn.head.bank, F.normalize(feats, dim=1))
+    assert torch.equal(knn.head.bank_labels, train_y[idx])
+    # a fraction variant alone makes the same model as in the shared job
+    adapt([recipes[1]], world["pre"], world["data"], [tmp_path / "alone"], device="cpu", log=lambda s: None)
+    assert (tmp_path / "alone" / WEIGHTS).read_bytes() == (outs[1] / WEIGHTS).read_bytes()
+    # ... and the probe on half the labels differs from the one on all of them
+    assert (outs[1] / WEIGHTS).read_bytes() != (outs[0] / WEIGHTS).read_bytes()
+
+
+def test_finetune_on_fewer_images_than_one_batch_trains_one_step_per_epoch(world, tmp_path, monkeypatch):
+    """4 labeled images (fraction 0.1 of 40) at batch_size 20: the engine makes one step per epoch on all 4."""
+    import dlbench.adapt.finetune as finetune
+    from dlbench.data.loader import label_fraction_subset
+    from dlbench.train.engine import TrainConfig, batch_plan
+
+    seen = []
+    real_fit = finetune.fit_classifier
+    monkeypatch.setattr(finetune, "fit_classifier", lambda model, train, *a, **k: seen.append(train)
+                        or real_fit(model, train, *a, **k))
+    train = {**FT, "epochs": 2}
+    assert batch_plan(4, TrainConfig.from_dict(train, seed=0)) == (1, 1, 4)
+    r = frac_recipe("finetune-fraction0.1", "finetune", 0.1, train=train)
+    card = adapt([r], world["pre"], world["data"], [tmp_path / "ft"], device="cpu", log=lambda s: None)[0]
+    train_x, train_y, _ = load_tensors(world["data"], "toy", "train")
+    idx = label_fraction_subset(train_y, 0.1, seed=0)
+    (x, y), = seen
+    assert torch.equal(x, train_x[idx]) and torch.equal(y, train_y[idx]) and card["info"]["train_images"] == 4
+    hist = pd.read_json(tmp_path / "ft" / "history.json")
+    assert list(hist["epoch"]) == [1, 2] and hist["val_acc"].notna().all()  # val: the whole split
+    assert np.allclose(hist["images_per_s"] * hist["seconds"], 4)  # one 4-image step per epoch
+    model, _ = load_model(tmp_path / "ft")
+    pre_backbone, _ = load_backbone(world["pre"])
+    assert not state_equal(model.backbone.state_dict(), pre_backbone.state_dict())  # it trained
+
+
 # ---- evaluation of adapted models ---------------------------------------------------------------
 
 def test_evalsplit_parse_round_trip():
@@ -438,3 +533,26 @@ def test_evaluate_models_rejects_duplicate_split_names(world, tmp_path):
     splits = [EvalSplit.parse("a=toy:test"), EvalSplit.parse("a=toy:val")]
     with pytest.raises(ValueError, match="duplicate eval split names"):
         evaluate_models(jobs_for(dirs, ["linear"], tmp_path), splits, world["data"], device="cpu")
+
+
+def test_lpft_head_temperature_divides_the_probe_head_and_keeps_its_predictions(world):
+    from dlbench.adapt.finetune import tempered_head
+
+    linear, _ = load_model(world["runs"][0]["linear"])
+    head = tempered_head(linear.head, 4.0)
+    torch.testing.assert_close(head.weight, linear.head.weight / 4)
+    torch.testing.assert_close(head.bias, linear.head.bias / 4)
+    feats = torch.randn(32, linear.head.in_features)
+    assert torch.equal(head(feats).argmax(1), linear.head(feats).argmax(1))
+    assert not torch.equal(linear.head.weight, head.weight)  # a copy: the probe's head is untouched
+
+
+def test_lpft_with_head_temperature_starts_from_the_tempered_head(world, tmp_path):
+    dirs = world["runs"][0]
+    params = {**PARAMS["lpft"], "head_temperature": 8.0}
+    quiet = {"device": "cpu", "log": lambda s: None}
+    adapt([recipe("lpft", params=params)], dirs["linear"], world["data"], [tmp_path / "lpft"], **quiet)
+    linear, _ = load_model(dirs["linear"])
+    lpft, card = load_model(tmp_path / "lpft")
+    torch.testing.assert_close(lpft.head.weight, linear.head.weight / 8, atol=1e-6, rtol=0)  # lr 1e-9
+    assert card["recipe"]["params"]["head_temperature"] == 8.0

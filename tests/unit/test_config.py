@@ -167,3 +167,48 @@ def test_run_adapt_override_names_a_variant_and_a_valid_recipe():
     fails(cfg, r"pretrain.runs\[0\].adapt.finetuen: not an adapt variant")
     cfg["pretrain"]["runs"][0]["adapt"] = {"finetune": {"train": {"lr": 0.1, "epochz": 3}}}
     fails(cfg, r"pretrain.runs\[0\].adapt.finetune.train")
+
+
+# ---- label fractions and `pretrain:` restrictions -----------------------------------------------
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda c: c["adapt"]["variants"]["linear"].update(fraction=0), r"adapt\.variants\.linear\.fraction: .*0 < fraction <= 1"),
+    (lambda c: c["adapt"]["variants"]["knn"].update(fraction=1.5), r"adapt\.variants\.knn\.fraction: .*got 1\.5"),
+    (lambda c: c["adapt"]["variants"]["finetune"].update(fraction="10%"), r"adapt\.variants\.finetune\.fraction"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(fraction=True), r"adapt\.variants\.linear\.fraction"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(sweep={"fraction": [0.1, -0.5]}),
+     r"adapt\.variants\.linear\.sweep\.fraction: .*got -0\.5"),
+    (lambda c: c["pretrain"]["runs"][0].update(adapt={"linear": {"fraction": 2}}),
+     r"pretrain\.runs\[0\]\.adapt\.linear\.fraction"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(pretrain=["simclr", "simclrr"]),
+     r"adapt\.variants\.linear\.pretrain: 'simclrr' is neither a registered pretraining method nor a pretrain "
+     r"variant"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(pretrain=[]), r"adapt\.variants\.linear\.pretrain"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(pretrain="simclr"), r"adapt\.variants\.linear\.pretrain"),
+    (lambda c: c["adapt"]["variants"]["linear"].update(pretrain=["simclr"]),  # lpft (of linear) runs for all
+     r"adapt\.variants\.lpft\.pretrain: runs for random, rotation, byol, mae, but its `of` variant 'linear'"),
+])
+def test_bad_fraction_or_pretrain_list_names_the_key(mutate, pattern):
+    cfg = raw()
+    mutate(cfg)
+    fails(cfg, pattern)
+
+
+def test_fraction_and_pretrain_list_pass():
+    cfg = raw()
+    cfg["adapt"]["variants"]["lin_frac"] = {"kind": "linear", "sweep": {"fraction": [0.01, 0.1]},
+                                            "pretrain": ["random", "simclr", "mae"]}
+    cfg["adapt"]["variants"]["ft_1pct"] = {"kind": "finetune", "fraction": 0.01, "pretrain": ["simclr"],
+                                           "train": {"epochs": 2, "batch_size": 50}}
+    cfg["adapt"]["variants"]["lpft_1pct"] = {"kind": "lpft", "of": "lin_frac-fraction0.01", "fraction": 0.01,
+                                             "pretrain": ["simclr"], "train": {"epochs": 1}}
+    out = check(cfg)
+    assert out["adapt"]["variants"]["ft_1pct"]["pretrain"] == ["simclr"]
+    # a method no run trains (runs trimmed to one method): the config stays valid, the variant makes no models
+    cfg["pretrain"]["runs"] = [{"dataset": "shapes", "backbone": "tiny", "variants": ["random"]}]
+    from dlbench.plan import Plan
+
+    plan = Plan(check(cfg))
+    assert not [i for i in plan.ids(stage="adapt") if "/ft_1pct/" in i]
+    few = [i for i in plan.ids(stage="adapt") if "/lin_frac-fraction0.1/" in i]
+    assert few and all(i.startswith("shapes/tiny/random/lin_frac-fraction0.1/none/none/seed") for i in few)

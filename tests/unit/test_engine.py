@@ -478,3 +478,24 @@ def test_host_batches_equal_default_path_on_cpu():
         results.append((model, [h["train_loss"] for h in hist]))
     assert same_weights(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
+
+
+def test_val_every_validates_every_kth_epoch_and_the_last_without_changing_training():
+    """val_every skips validation passes only: the same weights, val metrics on epochs 2, 4 and 5 (the last)."""
+    def train(val_every):
+        torch.manual_seed(0)
+        model = Tiny()
+        obj = SupervisedObjective(model, AugmentConfig(crop_scale=(0.6, 1.0), flip=True))
+        cfg = TrainConfig(epochs=5, batch_size=16, lr=0.05, seed=3, val_every=val_every)
+        x, y = data()
+        hist = fit(obj, x, y, cfg, progress=False, validate=lambda: {"acc": 0.5})
+        return model, hist
+
+    every, h1 = train(1)
+    sparse, h2 = train(2)
+    assert [r["epoch"] for r in h2 if "val_acc" in r] == [2, 4, 5]
+    assert all("val_acc" in r for r in h1)
+    for a, b in zip(every.state_dict().values(), sparse.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(epochs=1, val_every=0)

@@ -59,17 +59,21 @@ def test_sweep_names_carry_decimals_the_wildcards_accept():
 
 def test_smoke_plan_ids_and_jobs(smoke):
     assert len(smoke.ids(stage="supervised")) == 3 and len(smoke.ids(stage="pretrain")) == 5
-    assert list(smoke.adapt_variants) == ["linear", "knn", "finetune-lr0.001", "finetune-lr0.002", "lpft"]
-    assert smoke.frozen_variants == ["linear", "knn"]
+    assert list(smoke.adapt_variants) == ["linear", "knn", "linear_10pct", "finetune-lr0.001", "finetune-lr0.002",
+                                          "lpft"]
+    assert smoke.frozen_variants == ["linear", "knn", "linear_10pct"]
     assert smoke.trained_variants == ["finetune-lr0.001", "finetune-lr0.002", "lpft"]
-    assert len(smoke.ids(stage="adapt")) == 5 * 5 and len(smoke.evaluated_ids) == 3 + 25
-    assert set(smoke.ids(job="frozen")) == {i for i in smoke.ids(stage="adapt") if "/linear/" in i or "/knn/" in i}
+    # linear_10pct runs for simclr only (its `pretrain:` list): 5 variants x 5 backbones + 1
+    assert len(smoke.ids(stage="adapt")) == 5 * 5 + 1 and len(smoke.evaluated_ids) == 3 + 26
+    assert [i for i in smoke.ids(stage="adapt") if "/linear_10pct/" in i] == ["shapes/tiny/simclr/linear_10pct/none/none/seed0"]
+    assert set(smoke.ids(job="frozen")) == {i for i in smoke.ids(stage="adapt")
+                                           if any(f"/{v}/" in i for v in ("linear", "knn", "linear_10pct"))}
 
 
 def test_a_sweep_makes_one_variant_per_value_with_its_knob(smoke):
     a, b = (smoke.adapt_variants[f"finetune-lr{v}"] for v in ("0.001", "0.002"))
     assert (a.kind, a.base, b.base) == ("finetune", "finetune", "finetune")
-    assert a.knobs == {"lr": 0.001, "epochs": 1, "weight_decay": 0.05} and b.knobs["lr"] == 0.002
+    assert a.knobs == {"lr": 0.001, "epochs": 1, "weight_decay": 0.05, "fraction": 1.0} and b.knobs["lr"] == 0.002
     assert a.entry["train"] == {**b.entry["train"], "lr": 0.001}  # they differ only in lr
     ra = smoke.recipe("shapes/tiny/simclr/finetune-lr0.001/none/none/seed0")
     rb = smoke.recipe("shapes/tiny/simclr/finetune-lr0.002/none/none/seed0")
@@ -186,4 +190,68 @@ def test_run_adapt_overrides_change_only_that_runs_models():
     assert vit["params"]["train"]["layer_decay"] == 0.75 and vit["knobs"]["lr"] == 0.001
     assert vit["params"]["train"]["batch_size"] == res["params"]["train"]["batch_size"]  # merged, not replaced
     assert "layer_decay" not in res["params"]["train"] and res["knobs"]["lr"] == 0.004
-    assert "layer_decay" not in plan.recipe("shapes/vit_t/mae/lpft/none/none/seed0")["params"]["train"]
+    vit_lpft = plan.recipe("shapes/vit_t/mae/lpft/none/none/seed0")["params"]
+    res_lpft = plan.recipe("shapes/resnet10s/simclr/lpft/none/none/seed0")["params"]
+    assert vit_lpft["train"]["layer_decay"] == 0.75 and "layer_decay" not in res_lpft["train"]
+    assert vit_lpft["head_temperature"] == res_lpft["head_temperature"] == 16  # the variant's own, not overridden
+
+
+# ---- label fractions and `pretrain:` restrictions -----------------------------------------------
+
+def restricted_plan() -> Plan:
+    """The smoke config plus label-fraction variants for two of its five pretrained backbones."""
+    cfg = raw()
+    cfg["adapt"]["variants"].pop("linear_10pct")  # smoke's own label-fraction variant: these tests bring theirs
+    cfg["adapt"]["variants"]["lin_frac"] = {"kind": "linear", "sweep": {"fraction": [0.01, 0.1]},
+                                            "pretrain": ["random", "simclr"]}
+    cfg["adapt"]["variants"]["ft_1pct"] = {"kind": "finetune", "fraction": 0.01, "pretrain": ["simclr", "mae"],
+                                           "train": {"epochs": 2, "batch_size": 100}}
+    return Plan(check(cfg))
+
+
+def test_pretrain_list_restricts_an_adapt_variant_to_those_methods(smoke):
+    plan = restricted_plan()
+    frac = {i for i in plan.ids(stage="adapt") if "/lin_frac-" in i or "/ft_1pct/" in i}
+    assert frac == {f"shapes/{b}/{p}/{v}/none/none/seed0" for b, p, v in [
+        ("tiny", "random", "lin_frac-fraction0.01"), ("tiny", "random", "lin_frac-fraction0.1"),
+        ("tiny", "simclr", "lin_frac-fraction0.01"), ("tiny", "simclr", "lin_frac-fraction0.1"),
+        ("tiny", "simclr", "ft_1pct"), ("vit_tiny", "mae", "ft_1pct")]}
+    smoke_rest = {i for i in smoke.ids(stage="adapt") if "/linear_10pct/" not in i}  # popped in restricted_plan
+    assert set(plan.ids(stage="adapt")) - frac == smoke_rest  # the rest is unchanged
+    # recipes: `pretrain` is not a parameter; the fraction is a parameter and a knob
+    r = plan.recipe("shapes/tiny/simclr/lin_frac-fraction0.01/none/none/seed0")
+    assert r["params"]["fraction"] == 0.01 and r["knobs"] == {"fraction": 0.01} and "pretrain" not in r["params"]
+    assert plan.adapt_variants["ft_1pct"].pretrain == ("simclr", "mae")
+    assert plan.recipe("shapes/tiny/simclr/ft_1pct/none/none/seed0")["knobs"]["fraction"] == 0.01
+    assert plan.recipe("shapes/tiny/byol/linear/none/none/seed0")["knobs"] == {"fraction": 1.0}
+    # frozen jobs: one per pretrained model with exactly its frozen variants, one rule per distinct set
+    assert plan.frozen_variants_of("simclr") == ["linear", "knn", "lin_frac-fraction0.01", "lin_frac-fraction0.1"]
+    assert plan.frozen_variants_of("byol") == ["linear", "knn"]
+    assert plan.frozen_sets == [(("linear", "knn", "lin_frac-fraction0.01", "lin_frac-fraction0.1"),
+                                 ("random", "simclr")), (("linear", "knn"), ("rotation", "byol", "mae"))]
+    assert smoke.frozen_sets == [(("linear", "knn"), ("random", "rotation", "byol", "mae")),
+                                 (("linear", "knn", "linear_10pct"), ("simclr",))]
+    assert [r["variant"] for r in plan.frozen_recipes("shapes/tiny/byol/none/none/none/seed0")] == ["linear", "knn"]
+    assert len(plan.frozen_recipes("shapes/tiny/random/none/none/none/seed0")) == 4
+    # t-SNE panels stay on the full-data variants
+    assert plan.tsne_models == smoke.tsne_models
+
+
+def test_frozen_evaluate_jobs_follow_the_restriction():
+    from dlbench import dag
+
+    plan = restricted_plan()
+    assert dag.frozen_job_groups(plan, "shapes/tiny/byol/knn/none/none") == [
+        "shapes/tiny/byol/linear/none/none", "shapes/tiny/byol/knn/none/none"]
+    assert len(dag.frozen_job_groups(plan, "shapes/tiny/simclr/linear/none/none")) == 4
+    assert set(plan.eval_groups) >= {"shapes/tiny/simclr/lin_frac-fraction0.1/none/none",
+                                     "shapes/vit_tiny/mae/ft_1pct/none/none"}
+
+
+def test_pretrain_list_of_a_swept_pretrain_variant_covers_its_points():
+    cfg = raw()
+    cfg["pretrain"]["variants"] = {"simclr": {"sweep": {"lr": [0.001, 0.002]}}}
+    cfg["adapt"]["variants"]["lin_frac"] = {"kind": "linear", "fraction": 0.1, "pretrain": ["simclr"]}
+    plan = Plan(check(cfg))
+    assert sorted(i for i in plan.ids(stage="adapt") if "/lin_frac/" in i) == [
+        "shapes/tiny/simclr-lr0.001/lin_frac/none/none/seed0", "shapes/tiny/simclr-lr0.002/lin_frac/none/none/seed0"]

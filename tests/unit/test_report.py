@@ -197,7 +197,7 @@ def test_report_layer_imports_no_model_code():
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["ssl_protocols.png", "ssl_collapse.png", "ssl_tsne.png"])
+@pytest.mark.parametrize("name", ["ssl_protocols.png", "ssl_collapse.png", "ssl_label_efficiency.png", "ssl_tsne.png"])
 def test_ssl_figures_registered_in_ssl_section(name):
     ssl_section = next(s for s in load_all() if s.key == "ssl")
     assert name in [f.name for f in ssl_section.figures]

@@ -33,7 +33,7 @@ METHODS_15 = ["random", "rotation", "jigsaw", "colorization", "inpainting", "rel
               "swav", "deepcluster", "byol", "simsiam", "barlow_twins", "vicreg", "dino"]
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 METRICS_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
-                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "lr", "split", "shift",
+                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "fraction", "lr", "split", "shift",
                    "corruption", "severity", "acc", "ece", "nll", "brier", "n", "num_classes", "params",
                    "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device", "train_seconds"]
 
@@ -66,11 +66,12 @@ def lineage(pretrain: str, adapt: str, dataset: str, backbone: str, seed: int, e
 
 def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[float, ...] = (),
            style: float | None = None, dataset: str = "shapes", backbone: str = "resnet10n",
-           ensemble: str = "none", lr: float | None = None) -> list[dict]:
+           ensemble: str = "none", lr: float | None = None, fraction: float | None = None) -> list[dict]:
     """Rows of metrics.parquet for one model: one ID split, corruption splits, an optional style split."""
     base = dict(model_id=model_id(dataset, backbone, pretrain, adapt, seed, ensemble), dataset=dataset,
                 backbone=backbone, pretrain=pretrain, adapt=adapt, ensemble=ensemble, compress="none", seed=seed,
-                **lineage(pretrain, adapt, dataset, backbone, seed, ensemble), lr=lr, ece=0.1, nll=1.0, brier=0.3,
+                **lineage(pretrain, adapt, dataset, backbone, seed, ensemble), fraction=fraction, lr=lr, ece=0.1,
+                nll=1.0, brier=0.3,
                 n=100, num_classes=len(CLASSES), params=1000, trainable_params=1000, nonzero_params=1000, size_bytes=4000, latency_ms=1.0,
                 latency_device="cpu", train_seconds=10.0)
     rows = [dict(base, split="test", shift="id", corruption=None, severity=None, acc=id_acc)]
@@ -85,7 +86,8 @@ def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[floa
 def frame(rows: list[dict]) -> pd.DataFrame:
     """metrics.parquet from rows, with the aggregate step's column order and nullable dtypes."""
     df = pd.DataFrame(rows)[METRICS_COLUMNS]
-    return df.astype({"severity": "Int64", "lr": "Float64", "trainable_params": "Int64", "num_classes": "Int64"})
+    return df.astype({"severity": "Int64", "lr": "Float64", "fraction": "Float64", "trainable_params": "Int64",
+                      "num_classes": "Int64"})
 
 
 def make_metrics(with_ssl: bool = True) -> pd.DataFrame:
@@ -111,7 +113,25 @@ def make_metrics(with_ssl: bool = True) -> pd.DataFrame:
         # a ViT with MAE and its own random baseline, one seed, no OOD splits
         rows += _model("mae", "linear", 0, 0.45, backbone="vit_t")
         rows += _model("random", "linear", 0, 0.30, backbone="vit_t")
+        rows += label_fraction_rows()
     return frame(rows)
+
+
+# label efficiency: ID accuracy of random init and simclr (resnet10n) at 1% and 10% of the labels, by
+# protocol, seeds 0 and 1 (seed 1 is .02 higher); their 100% points are the full-data rows above
+FRACTION_ACC = {("random", "linear"): (0.20, 0.30), ("random", "finetune"): (0.22, 0.35),
+                ("simclr", "linear"): (0.50, 0.60), ("simclr", "finetune"): (0.45, 0.62)}
+
+
+def label_fraction_rows() -> list[dict]:
+    rows = []
+    for (pretrain, proto), accs in FRACTION_ACC.items():
+        for fraction, acc in zip((0.01, 0.1), accs):
+            for seed in (0, 1):
+                rows += _model(pretrain, f"{proto}-fraction{fraction:g}", seed, acc + 0.02 * seed, (0.1,), 0.1,
+                               fraction=fraction)
+    rows += _model("mae", "linear-fraction0.1", 0, 0.25, backbone="vit_t", fraction=0.1)  # one seed, one point
+    return rows
 
 
 def make_history(collapse: bool = True) -> pd.DataFrame:
@@ -344,6 +364,96 @@ def test_sweep_points_are_their_own_protocol_columns(kept_figures, tmp_path):
     assert texts[:3] == ["linear", "finetune-lr0.001", "finetune-lr0.002"] and "supervised (scratch)" in texts
 
 
+# ---------------------------------------------------------------- label efficiency
+
+
+def test_fraction_rows_stay_out_of_the_protocol_summary_and_table():
+    m = make_metrics()
+    assert (m["fraction"] < 1).sum() > 0
+    s = ssl.ssl_summary(m)
+    assert not s["adapt"].str.contains("fraction").any()
+    assert s.equals(ssl.ssl_summary(m[~(m["fraction"] < 1).fillna(False).to_numpy(dtype=bool)]))
+    assert list(ssl.protocol_table(s).columns) == ["linear", "knn", "finetune", "supervised"]
+    # fraction 1 (e.g. the top of a fraction sweep) is a full-data variant: it stays
+    full = frame(_model("simclr", "linear-fraction1", 0, 0.7, fraction=1.0))
+    assert list(ssl.ssl_summary(pd.concat([m, full]))["adapt"]).count("linear-fraction1") == 1
+
+
+def test_label_efficiency_points():
+    pts = ssl.label_efficiency(make_metrics())
+    assert list(pts.columns) == ["dataset", "backbone", "pretrain", "pretrain_kind", "method", "protocol", "adapt",
+                                 "fraction", "id_acc_mean", "id_acc_std", "seeds"]
+    key = ["backbone", "pretrain", "protocol", "fraction"]
+    got = pts.set_index(key)
+    # only methods with fraction variants (byol and zz_new have none), in method order, protocols in order
+    assert list(dict.fromkeys(zip(pts["backbone"], pts["method"], pts["protocol"]))) == [
+        ("resnet10n", "random init", "linear"), ("resnet10n", "random init", "finetune"),
+        ("resnet10n", "simclr", "linear"), ("resnet10n", "simclr", "finetune"), ("vit_t", "mae", "linear")]
+    for (pretrain, proto), accs in FRACTION_ACC.items():
+        for fraction, acc in zip((0.01, 0.1), accs):
+            row = got.loc[("resnet10n", pretrain, proto, fraction)]
+            assert row["adapt"] == f"{proto}-fraction{fraction:g}" and row["seeds"] == 2
+            assert row["id_acc_mean"] == pytest.approx(acc + 0.01)
+            assert row["id_acc_std"] == pytest.approx(0.02 / math.sqrt(2))
+    # the 100% points: the main full-data variant of the same method and protocol
+    simclr_lin = got.loc[("resnet10n", "simclr", "linear", 1.0)]
+    assert simclr_lin["adapt"] == "linear" and simclr_lin["id_acc_mean"] == pytest.approx(0.7)
+    assert got.loc[("resnet10n", "random", "finetune", 1.0)]["id_acc_mean"] == pytest.approx(0.505)
+    assert got.loc[("vit_t", "mae", "linear", 1.0)]["id_acc_mean"] == pytest.approx(0.45)
+    assert len(pts) == 4 * 3 + 2
+    # two full-data variants of one kind: the one named like the kind is the 100% point
+    extra = frame(_model("simclr", "linear-wd0.1", 0, 0.1) + _model("random", "linear-wd0.1", 0, 0.1))
+    again = ssl.label_efficiency(pd.concat([make_metrics(), extra])).set_index(key)
+    assert again.loc[("resnet10n", "simclr", "linear", 1.0)]["adapt"] == "linear"
+    # nothing to show: no fraction column, or no fraction below 1
+    assert ssl.label_efficiency(make_metrics().drop(columns="fraction")).empty
+    assert ssl.label_efficiency(make_metrics().assign(fraction=1.0)).empty
+    assert ssl.label_efficiency(pd.DataFrame()).empty
+
+
+def test_label_efficiency_table():
+    t = ssl.label_efficiency_table(ssl.label_efficiency(make_metrics()))
+    assert list(t.columns) == [(p, f) for p in ("linear", "finetune") for f in ("1%", "10%", "100%")]
+    assert t.loc[("shapes", "resnet10n", "simclr"), ("linear", "1%")] == ".510 ± .014"
+    assert t.loc[("shapes", "vit_t", "mae"), ("finetune", "1%")] == ""
+    assert t.loc[("shapes", "vit_t", "mae"), ("linear", "10%")] == ".250 ± .000"
+
+
+def test_label_efficiency_figure(kept_figures, tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    ssl.ssl_label_efficiency(make_metrics(), tmp_path / "le.png")
+    fig = kept_figures[0]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["shapes / resnet10n", "shapes / vit_t"]  # one panel per group
+    res, vit = axes
+    assert res.get_xscale() == "log" and res.get_ylabel() == "ID accuracy" and "%" in res.get_xlabel()
+    assert [t.get_text() for t in res.get_xticklabels()] == ["1%", "10%", "100%"]
+    assert [t.get_text() for t in vit.get_xticklabels()] == ["10%", "100%"]
+    lines = [c for c in res.containers if isinstance(c, ErrorbarContainer)]
+    assert len(lines) == 4  # (random init, simclr) x (linear, finetune)
+    styles = [c.lines[0].get_linestyle() for c in lines]
+    assert styles == ["-", "--", "-", "--"]  # linear solid, finetune dashed
+    colours = [c.lines[0].get_color() for c in lines]
+    assert colours[0] == colours[1] != colours[2] == colours[3]  # one colour per method
+    x, y = lines[2].lines[0].get_data()  # simclr linear: 1%, 10%, 100% (dodged a little on the log axis)
+    np.testing.assert_allclose(np.asarray(x) / np.asarray(x)[-1], [0.01, 0.1, 1.0])
+    np.testing.assert_allclose(y, [0.51, 0.61, 0.7])
+    # chance (5 classes) and the supervised baseline as reference lines
+    refs = [ln.get_ydata()[0] for ln in res.get_lines() if ln.get_linestyle() in (":", "-.")]
+    assert refs == pytest.approx([0.2, 0.85])
+    texts = legend_texts(fig)
+    assert texts[:3] == ["random init", "simclr", "mae"] and {"linear", "finetune", "chance"} <= set(texts)
+    assert "supervised (scratch), 100%" in texts
+
+
+def test_label_efficiency_placeholder_without_fraction_variants(tmp_path):
+    m = make_metrics()
+    ssl.ssl_label_efficiency(m[~(m["fraction"] < 1).fillna(False).to_numpy(dtype=bool)], tmp_path / "le.png")
+    w, h = png_size(tmp_path / "le.png")
+    assert w < 700 and h < 300
+
+
 # ---------------------------------------------------------------- collapse
 
 
@@ -373,7 +483,7 @@ def test_collapse_flags():
 def test_figures_are_valid_pngs(rendered, tmp_path):
     _, fig = rendered
     sizes = {f.name: png_size(fig / f.name) for f in ssl.SECTION.figures}
-    assert set(sizes) == {"ssl_protocols.png", "ssl_collapse.png", "ssl_tsne.png"}
+    assert set(sizes) == {"ssl_protocols.png", "ssl_collapse.png", "ssl_label_efficiency.png", "ssl_tsne.png"}
     assert all(w > 600 and h > 300 for w, h in sizes.values()), sizes
     # t-SNE: 8 methods in 6 columns = 2 rows pretrained + 1 row finetuned; without finetuned it is shorter
     ssl.ssl_tsne(make_tsne(finetuned=False), tmp_path / "pre.png")
@@ -429,7 +539,10 @@ def test_html_ssl_section_with_collapse_warning(rendered, tmp_path):
     assert "class='alert'" in sec and "1 of 5 pretraining runs collapsed" in sec
     assert "shapes/resnet10n/byol/none/none/none/seed0" in sec
     assert "shapes/resnet10n/byol/none/none/none/seed1" not in sec
-    assert sec.count("<img") == 3 and "Not in this config yet." not in sec
+    assert sec.count("<img") == 4 and "Not in this config yet." not in sec
+    # label efficiency: its own table, never a protocol column of the main one
+    assert "<h3>Label efficiency</h3>" in sec and "linear-fraction0.01" not in sec
+    assert ".510 ± .014" in sec  # simclr linear at 1%: (.50 + .52) / 2
     assert "supervised" in section_html(page, "baseline")
     assert "Not in this config yet." not in section_html(page, "baseline")
 

@@ -25,7 +25,7 @@ def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
     assert set(ssl["pretrain_family"]) == {methods.get(n).family for n in methods.names()}
     shapes_splits = set(m.loc[(m["kind"] == "supervised") & (m["dataset"] == "shapes"), "split"])
     for (backbone, method), g in ssl.groupby(["backbone", "pretrain"]):
-        assert set(g["adapt"]) == VARIANTS, method
+        assert set(g["adapt"]) == VARIANTS | ({"linear_10pct"} if method == "simclr" else set()), method
         assert g["acc"].between(0, 1).all() and g["nll"].notna().all(), method
         assert set(g["split"]) == shapes_splits, method
     assert set(ssl.loc[ssl["pretrain"] == "mae", "backbone"]) == {"vit_tiny"}  # the ViT-only method on the ViT
@@ -43,6 +43,14 @@ def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
     assert card["parents"] == ["shapes/tiny/simclr/none/none/none/seed0"] and card["model"]["head"]["kind"] == "knn"
     report = (smoke_repo / "results/report.html").read_text()
     assert "Self-supervised pretraining" in report and "simclr" in report
+    # the label-fraction variant: a class-balanced 10% of the labeled train split, only for simclr
+    few = m[m["adapt"] == "linear_10pct"]
+    assert set(few["fraction"]) == {0.1} and set(few["pretrain"]) == {"simclr"}
+    assert m.loc[m["adapt"] == "linear", "fraction"].eq(1.0).all()
+    few_card = json.loads((smoke_repo / "results/models/shapes/tiny/simclr/linear_10pct/none/none/seed0/model.json")
+                          .read_text())
+    assert few_card["parents"] == ["shapes/tiny/simclr/none/none/none/seed0"]
+    assert "<h3>Label efficiency</h3>" in report
 
 
 TOY_METHOD = '''

@@ -3,17 +3,21 @@
 # so changing its recipe retrains it alone and a crash in it never touches another variant's model.
 # A variant with `of` (LP-FT) reads the model of the variant it starts from.
 
-if FROZEN:
+# One rule per FROZEN_SETS entry (one unless an adapt variant's `pretrain:` list gives some pretrain variants
+# more frozen variants): a rule's outputs are fixed, its `pretrain` constraint picks the pretrained models.
+for i, (variants, pretrains) in enumerate(FROZEN_SETS):
 
-    rule adapt_frozen:
+    rule:
+        name:
+            frozen_rule_name("adapt_frozen", i)
         input:
             source=model_file(PRETRAINED),
             data=lambda w: dataset_marker(w.dataset),
         output:
-            weights=frozen_outputs("models", "model.safetensors"),
-            cards=frozen_outputs("models", "model.json"),
+            weights=frozen_outputs("models", "model.safetensors", variants),
+            cards=frozen_outputs("models", "model.json", variants),
         wildcard_constraints:
-            pretrain=PRETRAIN_VARIANTS,
+            pretrain=alternation(pretrains),
         params:
             recipe=frozen_recipes_arg,
             source=lambda w, input: os.path.dirname(input.source),
@@ -26,7 +30,7 @@ if FROZEN:
         threads: THREADS["train"]
         resources:
             gpu=GPU,
-            runtime=lambda w: train_minutes(w, {"adapt": FROZEN[0]}),
+            runtime=frozen_minutes,
         conda:
             "../envs/dlbench.yaml"
         shell:

@@ -50,6 +50,9 @@ def alternation(names):
 
 PRETRAIN_VARIANTS = alternation(sorted({ModelId.parse(i).pretrain for i in PLAN.ids(stage="pretrain")}))
 FROZEN = PLAN.frozen_variants
+# (frozen variants, pretrain slots with exactly these): one adapt_frozen / evaluate_frozen rule each (one
+# entry unless an adapt variant's `pretrain:` list gives some pretrain variants more frozen variants)
+FROZEN_SETS = PLAN.frozen_sets
 TRAINED = alternation(PLAN.trained_variants)
 
 
@@ -67,7 +70,7 @@ def recipe_arg(model):
 
 def frozen_ids(wildcards):
     pid = ModelId.parse(model_id(wildcards, adapt="none"))
-    return [str(pid.with_(adapt=v)) for v in FROZEN]
+    return [str(pid.with_(adapt=v)) for v in PLAN.frozen_variants_of(pid.pretrain)]
 
 
 def frozen_recipes_arg(wildcards):
@@ -75,16 +78,25 @@ def frozen_recipes_arg(wildcards):
                                   separators=(",", ":")))
 
 
-def frozen_outputs(kind, name):
+def frozen_rule_name(base, i):
+    """Names of the frozen rules of FROZEN_SETS[i]: ``adapt_frozen``, ``adapt_frozen_2``, ..."""
+    return base if i == 0 else f"{base}_{i + 1}"
+
+
+def frozen_outputs(kind, name, variants):
     """One path per frozen variant of the job's backbone: {R}/<kind>/<dataset>/.../<variant>/.../<name>."""
     pattern = f"{R}/{kind}/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}/none/none/seed{{{{seed}}}}/{name}"
-    return expand(pattern, adapt=FROZEN)
+    return expand(pattern, adapt=variants)
 
 
-def frozen_groups():
+def frozen_groups(variants):
     """The evaluation-group directories of the frozen variants of one pretrained variant (all seeds)."""
     pattern = f"{R}/predictions/{{{{dataset}}}}/{{{{backbone}}}}/{{{{pretrain}}}}/{{adapt}}/none/none"
-    return [directory(p) for p in expand(pattern, adapt=FROZEN)]
+    return [directory(p) for p in expand(pattern, adapt=variants)]
+
+
+def frozen_minutes(wildcards):
+    return train_minutes(wildcards, {"adapt": PLAN.frozen_variants_of(wildcards.pretrain)[0]})
 
 
 def group_dir(group):

@@ -33,18 +33,20 @@ rule evaluate:
         "dlbench evaluate {params.jobs} {params.args} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
-if FROZEN:
+# The frozen-feature variants of one backbone come from one job; they are evaluated in one job too (every
+# seed): each split is loaded once for all of them. One rule per FROZEN_SETS entry, like adapt_frozen.
+for i, (variants, pretrains) in enumerate(FROZEN_SETS):
 
-    # The frozen-feature variants of one backbone come from one job; they are evaluated in one job
-    # too (every seed): each split is loaded once for all of them.
-    rule evaluate_frozen:
+    rule:
+        name:
+            frozen_rule_name("evaluate_frozen", i)
         input:
             models=group_models,
             data=eval_data,
         output:
-            frozen_groups(),
+            frozen_groups(variants),
         wildcard_constraints:
-            pretrain=PRETRAIN_VARIANTS,
+            pretrain=alternation(pretrains),
         params:
             jobs=eval_jobs_arg,
             args=eval_args,
@@ -62,4 +64,4 @@ if FROZEN:
         shell:
             "dlbench evaluate {params.jobs} {params.args} --threads {threads} --device {params.device} > {log} 2>&1"
 
-    ruleorder: evaluate_frozen > evaluate
+    workflow.ruleorder(frozen_rule_name("evaluate_frozen", i), "evaluate")  # `ruleorder:` takes literal names only

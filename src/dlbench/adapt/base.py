@@ -10,6 +10,12 @@ unknown key fails at config time), the knobs a sweep may vary, and its *job*:
 
 A kind with ``of`` starts from another variant's model (LP-FT from a linear probe): that model
 is the job's input and its parent in the lineage.
+
+A kind with the ``fraction`` parameter (``FRACTION``: linear, knn, finetune, lpft) trains on a
+class-balanced fraction of the labeled train split (label efficiency): the stage picks the subset
+(``dlbench.data.loader.label_fraction_subset``, the same images for every method and protocol of one
+seed) and sets ``AdaptContext.train_index``; a kind reads its images through ``ctx.train_x``,
+``ctx.train_y`` and ``ctx.frozen_features()``. Val is never subsampled.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from dlbench.registry import Registry
 from dlbench.stage import Labeled
 
 JOBS = ("frozen", "train")
+FRACTION = {"fraction": 1.0}  # the parameter (default: the whole train split) ...
+FRACTION_KNOB = {"fraction": "fraction"}  # ... and its knob (a metrics column; sweepable)
 
 
 @dataclass
@@ -41,21 +49,36 @@ class AdaptContext:
     fingerprint: str = ""
     start: Classifier | None = None  # the ``of`` variant's model (LP-FT: the linear probe)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen features, computed once
+    # the variant's labeled images: indices into data.train_* (its ``fraction``, see
+    # dlbench.data.loader.label_fraction_subset); None: the whole train split. Val stays whole.
+    train_index: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)
 
+    @property
+    def train_x(self) -> torch.Tensor:
+        """The variant's labeled train images (its ``fraction`` of the train split)."""
+        return self.data.train_x if self.train_index is None else self.data.train_x[self.train_index]
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return self.data.train_y if self.train_index is None else self.data.train_y[self.train_index]
+
     def pretrained_backbone(self) -> Backbone:
         return self.load_backbone().to(self.device)
 
     def frozen_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train and val features of the frozen pretrained backbone, computed once per job."""
+        """Features of the frozen pretrained backbone: the variant's train images (matching ``train_y``)
+        and the whole val split. The whole train split's features are computed once per job (the
+        ``features`` dict is shared by the job's variants); a ``fraction`` variant indexes into them."""
         if not self.features:
             backbone = self.pretrained_backbone()
             self.features["train"] = embed(backbone, self.data.train_x, device=self.device)
             self.features["val"] = embed(backbone, self.data.val_x, device=self.device)
-        return self.features["train"], self.features["val"]
+        train = self.features["train"]
+        return (train if self.train_index is None else train[self.train_index]), self.features["val"]
 
 
 RunFn = Callable[[AdaptContext, dict[str, Any]], tuple[Classifier, dict[str, Any]]]

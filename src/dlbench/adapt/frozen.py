@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbench.adapt.base import AdaptContext, register_kind
+from dlbench.adapt.base import FRACTION, FRACTION_KNOB, AdaptContext, register_kind
 from dlbench.models.backbones import Classifier
 from dlbench.models.heads import KNNHead
 
@@ -48,29 +48,30 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 
 
 @register_kind("linear", family="probe", job="frozen",
-               defaults={"weight_decays": [1e-4, 1e-3, 1e-2, 1e-1], "max_iter": 200},
+               defaults={"weight_decays": [1e-4, 1e-3, 1e-2, 1e-1], "max_iter": 200, **FRACTION},
+               knobs=FRACTION_KNOB,
                description="linear probe: logistic regression on frozen features, L2 strength chosen on val")
 def linear_probe(ctx: AdaptContext, params: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
     train_f, val_f = ctx.frozen_features()
     grid = [float(w) for w in params["weight_decays"]]
     scores = {}
     for wd in grid:
-        head = fit_logistic(train_f, ctx.data.train_y, ctx.num_classes, wd, int(params["max_iter"]))
+        head = fit_logistic(train_f, ctx.train_y, ctx.num_classes, wd, int(params["max_iter"]))
         with torch.no_grad():
             scores[wd] = float((head(val_f).argmax(1) == ctx.data.val_y).float().mean())
     best = max(grid, key=lambda wd: (scores[wd], wd))  # ties: the stronger regularisation
-    head = fit_logistic(train_f, ctx.data.train_y, ctx.num_classes, best, int(params["max_iter"]))
+    head = fit_logistic(train_f, ctx.train_y, ctx.num_classes, best, int(params["max_iter"]))
     model = Classifier(ctx.pretrained_backbone(), ctx.num_classes, head.to(ctx.device))
     return model, {"weight_decay": best, "val_acc_by_weight_decay": scores,
                    "trainable_params": sum(p.numel() for p in head.parameters())}
 
 
-@register_kind("knn", family="probe", job="frozen", defaults={"k": 20, "temperature": 0.07},
-               knobs={"k": "k", "temperature": "temperature"},
+@register_kind("knn", family="probe", job="frozen", defaults={"k": 20, "temperature": 0.07, **FRACTION},
+               knobs={"k": "k", "temperature": "temperature", **FRACTION_KNOB},
                description="weighted kNN (cosine, exp(sim/T) votes; Wu et al. 2018) on frozen features")
 def knn(ctx: AdaptContext, params: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
     train_f, _ = ctx.frozen_features()
-    head = KNNHead.from_features(train_f, ctx.data.train_y, ctx.num_classes, k=int(params["k"]),
+    head = KNNHead.from_features(train_f, ctx.train_y, ctx.num_classes, k=int(params["k"]),
                                  temperature=float(params["temperature"]))
     model = Classifier(ctx.pretrained_backbone(), ctx.num_classes, head.to(ctx.device))
     return model, {"trainable_params": 0}

@@ -2,7 +2,9 @@
 
 One call runs either every frozen variant of one backbone (they share one feature pass) or one
 trained variant. Each variant writes its own model directory; its parent is the pretrained
-backbone, or the model of the variant it starts from (LP-FT: the linear probe).
+backbone, or the model of the variant it starts from (LP-FT: the linear probe). A variant with a
+``fraction`` below 1 trains on that class-balanced subset of the train split (``train_subset``); the
+frozen variants of one job still share one feature pass over the whole split.
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from typing import Any
 import torch
 
 from dlbench.adapt.base import AdaptContext, load_all
+from dlbench.data.loader import label_fraction_subset
 from dlbench.device import pick_device
 from dlbench.models.checkpoint import load_backbone, load_model
 from dlbench.stage import fingerprint, load_labeled, write_model
 from dlbench.train.engine import remove_checkpoint
+
+
+def train_subset(labels: torch.Tensor, params: dict[str, Any], seed: int) -> torch.Tensor | None:
+    """Indices of a variant's labeled train images: its ``fraction`` (``label_fraction_subset``, seeded by
+    the model seed), or None for the whole split (fraction 1, or a kind without the parameter)."""
+    fraction = params.get("fraction")
+    if fraction is None or float(fraction) >= 1:
+        return None
+    return label_fraction_subset(labels, float(fraction), seed)
 
 
 def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str | Path, out_dirs: list[str | Path],
@@ -44,13 +56,17 @@ def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str 
         else:
             start, (start_backbone, parent) = None, load_backbone(source_dir)
         ckpt = Path(checkpoint_dir) / f"{recipe['variant']}.pt" if checkpoint_dir else None
+        index = train_subset(data.train_y, recipe["params"], int(recipe["seed"]))
         ctx = AdaptContext(load_backbone=lambda b=start_backbone: copy.deepcopy(b), data=data, device=dev,
                            seed=int(recipe["seed"]), checkpoint=ckpt, fingerprint=fingerprint(recipe),
-                           start=None if start is None else start.to(dev), features=shared)
-        log(f"adapt {parent['id']} with variant {recipe['variant']!r} (kind {kind.name})")
+                           start=None if start is None else start.to(dev), features=shared, train_index=index)
+        n_train = len(data.train_y) if index is None else len(index)
+        log(f"adapt {parent['id']} with variant {recipe['variant']!r} (kind {kind.name}), "
+            f"{n_train} of {len(data.train_y)} labeled train images")
         torch.manual_seed(ctx.seed)
         t0 = time.perf_counter()
         model, info = kind.run(ctx, recipe["params"])
+        info["train_images"] = n_train
         history = info.pop("history", None)
         seconds = sum(h.get("seconds", 0.0) for h in history) if history else time.perf_counter() - t0
         cards.append(write_model(out, model, recipe=recipe, kind=kind.name, family=kind.family, stage="adapt",

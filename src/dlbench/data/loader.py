@@ -35,6 +35,34 @@ def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     return idx.sort().values
 
 
+# The label-fraction subsets (adapt kinds' ``fraction``) draw from torch.Generator(LABEL_FRACTION_SEED + model seed).
+LABEL_FRACTION_SEED = 20_250_101
+
+
+def label_fraction_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-balanced ``fraction`` of a labeled split (label-efficiency experiments).
+
+    Per class (ascending label), ``max(1, round(fraction * n_c))`` of its ``n_c`` images (Python's
+    ``round``, half to even), the prefix of a random permutation of that class drawn from one
+    ``torch.Generator`` seeded with ``LABEL_FRACTION_SEED + seed`` (``seed``: the model's seed). The
+    permutations do not depend on ``fraction``, so for one seed the subsets are nested (1% in 10% in
+    100%); they depend on the labels, the fraction and the seed only, so every pretraining method and
+    protocol with the same seed and fraction trains on the same images.
+    """
+    fraction = float(fraction)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if len(labels) == 0 or fraction == 1:
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(LABEL_FRACTION_SEED + int(seed))
+    parts = []
+    for c in torch.unique(labels).tolist():  # sorted
+        members = torch.nonzero(labels == c).flatten()
+        order = torch.randperm(len(members), generator=gen)
+        parts.append(members[order[:max(1, round(fraction * len(members)))]])
+    return torch.cat(parts).sort().values
+
+
 def labeled_splits(data_root: str | Path, dataset: str, train_split: str, val_split: str | None,
                    val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, labels, val images, labels); without a val split (STL-10), a class-balanced

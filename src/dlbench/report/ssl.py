@@ -47,6 +47,9 @@ RANDOM = "random init"
 COLLAPSE_THRESHOLD = 0.05  # final std·sqrt(d) of l2-normalised embeddings below this = collapsed
 TSNE_MAX_POINTS = 2000  # per panel; t-SNE tables are subsampled (deterministically) above this
 KEYS = ["dataset", "backbone", "pretrain", "adapt"]
+FRACTION = "fraction"  # the adapt knob: share of the labeled train split a model was trained on (null / 1: all)
+# label efficiency: the protocols drawn (adapt kinds) and their line styles
+LABEL_EFFICIENCY_STYLES: dict[str, str] = {"linear": "-", "finetune": "--", "knn": ":", "lpft": "-."}
 
 
 def family_of(kind: str) -> str:
@@ -107,13 +110,27 @@ def _is_ssl(df: pd.DataFrame) -> pd.Series:
     return (df["pretrain"] != "none") & ~df["pretrain"].astype(str).str.startswith("clip")
 
 
+def _fractions(df: pd.DataFrame) -> pd.Series:
+    """Each row's label fraction (1.0 where the ``fraction`` knob is absent or null)."""
+    if FRACTION not in df:
+        return pd.Series(1.0, index=df.index)
+    return pd.to_numeric(df[FRACTION], errors="coerce").astype("float64").fillna(1.0)
+
+
+def full_labels(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows trained on the whole labeled train split (``fraction`` knob absent, null or >= 1)."""
+    return metrics[(_fractions(metrics) >= 1).to_numpy()]
+
+
 def ssl_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     """The rows of metrics.parquet this section is about: SSL-pretrained backbones adapted by some
     variant (random init included), plus the supervised-from-scratch rows of the same
-    (dataset, backbone) pairs as reference."""
+    (dataset, backbone) pairs as reference. Only models trained on the whole labeled train split:
+    the label-fraction variants (``fraction`` < 1) are the label-efficiency figure's
+    (:func:`label_efficiency`), never a protocol of their own here."""
     if metrics.empty or not {*KEYS, "seed"} <= set(metrics.columns):  # e.g. no metrics table at all
         return metrics.iloc[0:0]
-    m = metrics[_is_plain(metrics)]
+    m = full_labels(metrics[_is_plain(metrics)])
     ssl = m[_is_ssl(m) & (m["adapt"] != "none")]
     pairs = set(zip(ssl["dataset"], ssl["backbone"]))
     sup = m[(m["pretrain"] == "none") & ((m["kind"] if "kind" in m else m["adapt"]) == "supervised")]
@@ -307,6 +324,138 @@ def ssl_protocols(metrics: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def _main_variant(names: Iterable[str], kind: str) -> str:
+    """Of several adapt variants of one kind, the one named like the kind, else the first by name."""
+    names = sorted(set(names))
+    return kind if kind in names else names[0]
+
+
+def label_efficiency(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Label-efficiency points: per (dataset, backbone, pretrain variant, protocol) that has variants
+    with a ``fraction`` < 1 of the labeled train split, one row per fraction (mean and std over seeds of
+    the ID accuracy), the 100% point being the protocol's main full-data variant of the same method
+    (the variant named like its kind, else the first by name). Protocol = the adapt kind (linear,
+    finetune, knn, lpft); where several variants share a kind and a fraction, the first by name counts
+    (the same for every method). Columns: dataset, backbone, pretrain, pretrain_kind, method, protocol,
+    adapt, fraction, id_acc_mean, id_acc_std, seeds; sorted by group, method order, protocol, fraction."""
+    cols = ["dataset", "backbone", "pretrain", "pretrain_kind", "method", "protocol", "adapt", "fraction",
+            "id_acc_mean", "id_acc_std", "seeds"]
+    if (metrics.empty or FRACTION not in metrics or "kind" not in metrics
+            or not {*KEYS, "seed", "shift", "acc"} <= set(metrics.columns)):
+        return pd.DataFrame(columns=cols)
+    m = metrics[_is_plain(metrics)]
+    m = m[_is_ssl(m) & m["kind"].isin(list(LABEL_EFFICIENCY_STYLES))]
+    if m.empty or not (_fractions(m) < 1).any():
+        return pd.DataFrame(columns=cols)
+    m = m.assign(_fraction=_fractions(m).clip(upper=1.0), protocol=m["kind"])
+    pm = _per_model(m, [*KEYS, "protocol", "_fraction"])
+    low = pm[pm["_fraction"] < 1]
+    wanted = set(zip(low["dataset"], low["backbone"], low["pretrain"], low["protocol"]))
+    pm = pm[[k in wanted for k in zip(pm["dataset"], pm["backbone"], pm["pretrain"], pm["protocol"])]]
+    keep = []  # one variant per (dataset, backbone, protocol, fraction), the same for every method
+    for (_, _, proto, frac), g in pm.groupby(["dataset", "backbone", "protocol", "_fraction"], sort=False):
+        keep.append(g[g["adapt"] == _main_variant(g["adapt"], proto)])
+    pm = pd.concat(keep)
+    g = pm.groupby(["dataset", "backbone", "pretrain", "protocol", "_fraction", "adapt"], sort=False)
+    out = g["id_acc"].agg(["mean", "std"]).rename(columns={"mean": "id_acc_mean", "std": "id_acc_std"})
+    out["seeds"] = g["seed"].nunique()
+    out = out.reset_index().rename(columns={"_fraction": "fraction"})
+    out = out.astype({"fraction": float, "id_acc_mean": float, "id_acc_std": float, "seeds": int})
+    pkinds = _kinds(m, "pretrain", "pretrain_kind")
+    out["pretrain_kind"] = out["pretrain"].map(pkinds)
+    out["method"] = [method_label(p, k) for p, k in zip(out["pretrain"], out["pretrain_kind"])]
+    mrank = {p: i for i, p in enumerate(method_order(out["pretrain"], pkinds))}
+    prank = {p: i for i, p in enumerate(protocol_order(out["protocol"]))}
+    out = out.assign(_m=out["pretrain"].map(mrank), _p=out["protocol"].map(prank))
+    out = out.sort_values(["dataset", "backbone", "_m", "_p", "fraction"]).drop(columns=["_m", "_p"])
+    return out[cols].reset_index(drop=True)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def label_efficiency_table(points: pd.DataFrame) -> pd.DataFrame:
+    """HTML table of :func:`label_efficiency`: rows (dataset, backbone, method), columns (protocol,
+    % of the labeled train split), cells 'ID mean ± std' over seeds."""
+    if points.empty:
+        return pd.DataFrame()
+    p = points.assign(cell=[f"{_f3(a)} ± {_f3(0.0 if pd.isna(s) else s)}"
+                            for a, s in zip(points["id_acc_mean"], points["id_acc_std"])])
+    table = p.pivot_table(index=["dataset", "backbone", "method"], columns=["protocol", "fraction"], values="cell",
+                          aggfunc="first", sort=False)
+    order = sorted(table.columns, key=lambda c: (protocol_order(points["protocol"]).index(c[0]), c[1]))
+    table = table.reindex(columns=order).fillna("")
+    table.columns = pd.MultiIndex.from_tuples([(proto, _percent(f)) for proto, f in table.columns],
+                                              names=["protocol", "labels"])
+    return table
+
+
+def ssl_label_efficiency(metrics: pd.DataFrame, path: Path, ncols: int = 2) -> None:
+    """Per (dataset, backbone) with label-fraction variants: ID accuracy against the share of the
+    labeled train split (log x; 100% = the main full-data variant), one colour per method, one line
+    style per protocol (linear solid, finetune dashed), mean ± std over seeds. Dotted grey: chance;
+    dash-dot grey: supervised from scratch on all labels, where the config has it."""
+    pts = label_efficiency(metrics)
+    if pts.empty:
+        return _placeholder(path, "no label-fraction variants (adapt variants with fraction < 1)")
+    pkinds = dict(zip(pts["pretrain"], pts["pretrain_kind"]))
+    methods = method_order(pts["pretrain"], pkinds)
+    cb = sns.color_palette("colorblind", 10)  # reordered: the first five (the usual pick) far apart
+    palette = [cb[i] for i in (0, 1, 2, 4, 3, 9, 5, 8, 6, 7)] if len(methods) <= 10 else \
+        sns.color_palette("husl", len(methods))
+    colours = dict(zip(methods, palette))
+    protocols = protocol_order(pts["protocol"])
+    markers = dict(zip(protocols, ["o", "s", "^", "D"]))
+    dodge = {p: 1.0 + 0.035 * (i - (len(protocols) - 1) / 2) for i, p in enumerate(protocols)}  # apart on log x
+    groups = list(pts.groupby(["dataset", "backbone"], sort=True))
+    ncols = max(1, min(ncols, len(groups)))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.8, 3.6 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    summary = ssl_summary(metrics)
+    has_sup = False
+    for ax, ((dataset, backbone), g) in zip(axes.flat, groups):
+        fracs = sorted(set(g["fraction"]))
+        for m in method_order(g["pretrain"], pkinds):
+            for proto in protocols:
+                line = g[(g["pretrain"] == m) & (g["protocol"] == proto)].sort_values("fraction")
+                if line.empty:
+                    continue
+                ax.errorbar(100 * line["fraction"].to_numpy(float) * dodge[proto], line["id_acc_mean"].to_numpy(float),
+                            yerr=line["id_acc_std"].fillna(0).to_numpy(float), color=colours[m],
+                            ls=LABEL_EFFICIENCY_STYLES.get(proto, "-"), marker=markers[proto], ms=4.5, lw=1.4,
+                            capsize=2.5)
+        ax.set_xscale("log")
+        ax.set_xticks([100 * f for f in fracs])
+        ax.set_xticklabels([_percent(f) for f in fracs])
+        ax.minorticks_off()
+        ax.set_xlim(100 * min(fracs) / 1.6, 160)
+        ax.set_xlabel("labeled train images used (% of the split, log scale)")
+        ax.set_ylabel("ID accuracy")
+        ax.set_title(_group_title(dataset, backbone), fontsize=10)
+        classes = metrics.loc[(metrics["dataset"] == dataset) & (metrics["backbone"] == backbone),
+                              "num_classes"].dropna() if "num_classes" in metrics else pd.Series(dtype=float)
+        if len(classes):
+            ax.axhline(1.0 / float(classes.iloc[0]), ls=":", c="0.5", lw=1)
+        sup = summary[(summary["pretrain"] == "none") & (summary["dataset"] == dataset)
+                      & (summary["backbone"] == backbone)]
+        if len(sup) and pd.notna(sup["id_acc_mean"].iloc[0]):
+            has_sup = True
+            ax.axhline(sup["id_acc_mean"].iloc[0], ls="-.", c="0.35", lw=1)
+    handles = [Line2D([], [], color=colours[m], lw=2, label=method_label(m, pkinds.get(m))) for m in methods]
+    handles += [Line2D([], [], color="0.2", ls=LABEL_EFFICIENCY_STYLES.get(p, "-"), marker=markers[p], ms=4.5,
+                       label=p) for p in protocols]
+    handles.append(Line2D([], [], ls=":", c="0.5", label="chance"))
+    if has_sup:
+        handles.append(Line2D([], [], ls="-.", c="0.35", label=f"{SUPERVISED}, 100%"))
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8,
+               title="method / protocol\n(mean ± std over seeds)", title_fontsize=8)
+    _save(fig, path)
+
+
 def _context(df: pd.DataFrame) -> pd.Series:
     """'dataset/backbone' restricted to the parts that vary in ``df`` ('' when one pair only)."""
     cols = [c for c in ("dataset", "backbone") if df[c].nunique() > 1]
@@ -484,8 +633,13 @@ def render(tables: Tables, figures: Path) -> list[str]:
     parts = [findings_html(tables, SECTION.key),
              "<h3>Protocols</h3><p>Mean ± std over seeds. OOD: mean over shift kinds of the mean accuracy "
              "over each kind's splits (one style split weighs as much as the whole corruption suite).</p>",
-             protocol_table(summary).to_html(classes="results", border=0),
-             "<h3>Representation collapse</h3>", collapse_html(tables["history"])]
+             protocol_table(summary).to_html(classes="results", border=0)]
+    efficiency = label_efficiency(tables["metrics"])
+    if len(efficiency):
+        parts += ["<h3>Label efficiency</h3><p>ID accuracy (mean ± std over seeds) with a class-balanced share of "
+                  "the labeled train split; 100%: the protocol's main variant above.</p>",
+                  label_efficiency_table(efficiency).to_html(classes="results", border=0)]
+    parts += ["<h3>Representation collapse</h3>", collapse_html(tables["history"])]
     return parts + section_figures(SECTION, figures)
 
 
@@ -502,6 +656,14 @@ SECTION = register_section(Section(
                "collapse threshold; red x: a collapsed run's final value). Bottom: online kNN accuracy on the val "
                "split. Mean over seeds, band: std; line style per backbone when there are several.",
                lambda tables, path: ssl_collapse(tables["history"], path)),
+        Figure("ssl_label_efficiency.png", "Label efficiency: ID accuracy against the share of the labeled train "
+               "split used by the linear probe (solid) and by fine-tuning (dashed), log x axis, one colour per "
+               "pretraining method, mean ± std over seeds (error bars). Each class contributes round(share x its "
+               "images), at least 1, the same class-balanced images for every method and protocol of a seed (on "
+               "the embedded shapes set, 100 train images per class: 1, 10 and 100 per class at 1%, 10%, 100%). "
+               "The 100% point is the method's main full-data variant; the validation split is always whole. "
+               "Dotted: chance; dash-dot: supervised training from scratch on all labels.",
+               lambda tables, path: ssl_label_efficiency(tables["metrics"], path)),
         Figure("ssl_tsne.png", "t-SNE of a class-balanced subset of the test split per method (first seed), "
                "coloured by class: frozen pretrained features, and after fine-tuning where available.",
                lambda tables, path: ssl_tsne(tables["tsne"], path,
