@@ -23,8 +23,8 @@ from .conftest import MODEL, clone_repo, sha, snakemake
 pytestmark = pytest.mark.workflow
 
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
-                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "epochs", "k", "lr",
-                  "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
+                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "epochs", "fraction",
+                  "head_temperature", "k", "lr", "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
                   "num_classes", "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms",
                   "latency_device", "train_seconds"]
 METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
@@ -50,7 +50,8 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     m = first_run["metrics"]
     assert list(m.columns) == METRIC_COLUMNS
     assert m.loc[m["kind"] == "supervised", "model_id"].nunique() == 3  # shapes x 2 seeds, digits x 1
-    assert m["model_id"].nunique() == 3 + 5 * 5  # + 5 pretrained backbones (1 seed) x 5 adapt variants
+    # + 5 pretrained backbones (1 seed) x 5 adapt variants, + simclr's linear_10pct
+    assert m["model_id"].nunique() == 3 + 5 * 5 + 1
     shapes = m[m["model_id"] == MODEL]
     assert set(shapes["split"]) == {"test", "style", "test.gaussian_noise-1", "test.gaussian_noise-5",
                                     "test.contrast-1", "test.contrast-5"}
@@ -70,7 +71,7 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     knn_params = m.loc[m["kind"] == "knn", "params"].iloc[0]
     assert knn_params > m.loc[m["kind"] == "linear", "params"].iloc[0]  # the kNN bank is part of the model
     report = (smoke_repo / "results/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6 and "Supervised baseline" in report
+    assert report.count("data:image/png;base64,") == 7 and "Supervised baseline" in report
     for log in ("shapes", "digits"):
         assert "built" in (smoke_repo / f"results/logs/dataset/{log}.log").read_text()
     card = json.loads((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
@@ -294,7 +295,7 @@ def test_removing_a_method_removes_its_rows(smoke_repo, first_run, tmp_path):
     try:
         snakemake(smoke_repo, config="configs/no_byol.yaml")
         m = pd.read_parquet(results / "tables/metrics.parquet")
-        assert "byol" not in set(m["pretrain"]) and m["model_id"].nunique() == 28 - 5
+        assert "byol" not in set(m["pretrain"]) and m["model_id"].nunique() == 29 - 5
         history = pd.read_parquet(results / "tables/history.parquet")
         assert "byol" not in set(history["pretrain"])
         report = (results / "report.html").read_text()
