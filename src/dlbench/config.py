@@ -117,6 +117,9 @@ def check_train(train: dict[str, Any], where: str) -> None:
 
 
 RESERVED = {"pretrain": ("none",), "adapt": ("none", "supervised")}
+# variant keys that are not the kind's parameters: its kind, the variant it starts from, its sweep,
+# and (adapt variants) the pretrain variants it runs for (default: all); dlbench.plan strips the same
+VARIANT_KEYS = ("kind", "of", "sweep", "pretrain")
 
 
 def _check_variant_name(slot: str, name: str, sweep: dict[str, Any] | None) -> None:
@@ -364,7 +367,7 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
         if kind_name not in kinds:
             raise ConfigError(f"{where}.kind: unknown adapt kind {kind_name!r}; known: {', '.join(kinds.names())}")
         kind = kinds.get(kind_name)
-        params = {k: v for k, v in variant.items() if k not in ADAPT_VARIANT_KEYS}
+        params = {k: v for k, v in variant.items() if k not in VARIANT_KEYS}
         for key in params:
             if key not in kind.defaults:
                 raise ConfigError(f"unknown config key {where}.{key}: not a parameter of adapt kind {kind.name!r}; "
@@ -402,11 +405,6 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{where}.of: adapt kind {kind.name!r} does not start from another variant")
         if kind.of:
             _check_of_pretrain(cfg, variants, name, base)
-
-
-# variant keys that are not the kind's parameters: its kind, the variant it starts from, its sweep,
-# and the pretrain variants it runs for (default: all)
-ADAPT_VARIANT_KEYS = ("kind", "of", "sweep", "pretrain")
 
 
 def _check_fraction(value: Any, where: str) -> None:

@@ -3,7 +3,8 @@
 ``Plan(cfg)`` is computed once per Snakemake invocation (``workflow/rules/common.smk``) and is
 the only place that knows which models a config makes. Named variants with sweeps expand to
 one variant per point (``finetune-lr0.001``), each point's values are *knobs* (a metrics column
-each). An adapt variant with a ``pretrain:`` list runs only for those pretrain variants (base names). Every model gets a self-contained *recipe*: what its stage needs to train it, and nothing
+each). An adapt variant with a ``pretrain:`` list runs only for those pretrain variants (base
+names). Every model gets a self-contained *recipe*: what its stage needs to train it, and nothing
 that another variant's change could touch, so Snakemake reruns exactly the jobs whose recipe
 changed (its ``params`` rerun trigger).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from dlbench.config import get_path, pretrain_variant_config, set_path, sweep_points
+from dlbench.config import VARIANT_KEYS, get_path, pretrain_variant_config, set_path, sweep_points
 from dlbench.ids import NONE, ModelId, sweep_name
 
 SUPERVISED = "supervised"
@@ -67,7 +68,7 @@ def _knob_values(knobs: dict[str, str], resolved: dict[str, Any]) -> dict[str, A
 def expand(base: str, entry: dict[str, Any], kind: str, knobs: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     """(name, entry with the sweep values set) for every point of ``entry``'s sweep."""
     points = sweep_points(entry.get("sweep"))
-    plain = {k: v for k, v in entry.items() if k not in ("kind", "sweep", "of", "pretrain")}
+    plain = {k: v for k, v in entry.items() if k not in VARIANT_KEYS}
     out = []
     for point in points:
         e = copy.deepcopy(plain)
