@@ -7,7 +7,9 @@ A card says how a model was made and how to rebuild it:
 * ``parents``: model ids it was made from (one for a fine-tune, two for WiSE-FT, N for a soup);
 * ``knobs``: the numbers that vary in a sweep (lr, alpha, sparsity ...), one metrics column each;
 * ``recipe`` (the full config it was trained from), ``seed``, ``data_hash`` (dvc.lock), package
-  ``versions``, ``train_seconds`` of this stage and ``total_train_seconds`` along its lineage,
+  ``versions``, ``train_seconds`` of this stage and ``total_train_seconds`` along its lineage (each
+  ancestor once, from ``lineage_seconds``: model id -> its stage's seconds, so WiSE-FT's two parents
+  or an ensemble's members count their shared pretraining once),
   ``trainable_params`` (what the stage optimised);
 * ``model``: everything ``dlbench.models.checkpoint.load_model`` needs to rebuild the network
   from the directory alone: backbone source spec, preprocessing (mean, std, input size), head,
@@ -46,6 +48,10 @@ def build_card(*, model_id: ModelId, kind: str, family: str, stage: str, recipe:
                info: dict[str, Any] | None = None) -> dict[str, Any]:
     """A complete card. ``parents``: the parents' cards (their ids and costs enter the lineage)."""
     prov = provenance(model_id.dataset)
+    lineage: dict[str, float] = {}
+    for p in parents:  # cards written before ``lineage_seconds`` existed count as one ancestor
+        lineage.update(p.get("lineage_seconds") or {p["id"]: float(p.get("total_train_seconds", 0.0))})
+    lineage[str(model_id)] = float(train_seconds)
     return {
         "id": str(model_id),
         "parts": model_id.parts(),
@@ -62,7 +68,8 @@ def build_card(*, model_id: ModelId, kind: str, family: str, stage: str, recipe:
         "platform": prov["platform"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": float(train_seconds),
-        "total_train_seconds": float(train_seconds) + sum(float(p.get("total_train_seconds", 0.0)) for p in parents),
+        "total_train_seconds": float(sum(lineage.values())),
+        "lineage_seconds": lineage,
         "trainable_params": None if trainable_params is None else int(trainable_params),
         "model": model,
         "info": dict(info or {}),

@@ -111,14 +111,16 @@ def cmd_train_adapt(args: argparse.Namespace) -> None:
 
 def cmd_train_list(args: argparse.Namespace) -> None:
     from dlbench.adapt.base import load_all as load_kinds
-    from dlbench.models.sources import SOURCES
+    from dlbench.models.sources import SOURCES, register_all
     from dlbench.pretrain.base import load_all as load_methods
     from dlbench.train.schedules import SCHEDULES
 
+    register_all()
     print("pretrain kinds (config: pretrain.variants.<name>.kind):")
     for name in load_methods().names():
         cls = load_methods().get(name)
-        print(f"  {name:<20} {cls.family:<17} {'(ViT only)' if cls.requires == 'vit' else ''}")
+        needs = {"vit": "(ViT only)", "open_clip": "(open_clip backbones only)"}.get(cls.requires or "", "")
+        print(f"  {name:<20} {cls.family:<17} {needs}")
     print("adapt kinds (config: adapt.variants.<name>.kind):")
     for name in load_kinds().names():
         kind = load_kinds().get(name)

@@ -282,13 +282,39 @@ def _check_pretrain(cfg: dict[str, Any]) -> None:
             cls = methods.get(kind)
             if cls.requires == "vit" and not _is_vit(spec):
                 raise ConfigError(f"{where}.variants: {v!r} (kind {kind}) needs a Vision Transformer backbone; "
-                                  f"{run['backbone']!r} is {spec.get('source', 'timm')} {spec['model']!r}")
+                                  f"{run['backbone']!r} is {spec.get('source', 'timm')} "
+                                  f"{spec.get('model', 'config')!r}")
+            if cls.requires == "open_clip" and spec.get("source", "timm") != "open_clip":
+                raise ConfigError(f"{where}.variants: {v!r} (kind {kind}) needs an open_clip backbone; "
+                                  f"{run['backbone']!r} is {spec.get('source', 'timm')} {spec.get('model')!r}")
+            if cls.needs_captions:
+                split = cls.resolve_params(entry.get("params"))["caption_split"]
+                _dataset_split(cfg, run["dataset"], split, f"pretrain.variants.{v}.params.caption_split")
             _check_sides(cfg, run, v, cls, entry)
             key = (run["dataset"], run["backbone"], v)
             if key in seen:
                 raise ConfigError(f"{where}: {key} is listed twice (model ids would collide)")
             seen.add(key)
         _check_run_adapt(cfg, run, where)
+        _check_adapt_requires(cfg, run, where)
+
+
+def _check_adapt_requires(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:
+    """Adapt variants that need a CLIP backbone (zero-shot) run only on runs with one: restrict them with
+    their ``pretrain:`` list, or the job would fail after the pretraining it waited for."""
+    from dlbench.adapt.base import load_all as load_kinds
+
+    source = cfg["backbones"][run["backbone"]].get("source", "timm")
+    kinds = load_kinds()
+    for name, variant in ((cfg.get("adapt") or {}).get("variants") or {}).items():
+        if not isinstance(variant, dict) or variant.get("kind", name) not in kinds:
+            continue  # reported by the adapt check
+        kind = kinds.get(variant.get("kind", name))
+        runs_here = [v for v in run["variants"] if not variant.get("pretrain") or v in variant["pretrain"]]
+        if kind.requires == "open_clip" and source != "open_clip" and runs_here:
+            raise ConfigError(f"adapt.variants.{name} (kind {kind.name}) needs an open_clip backbone, and would run on "
+                              f"{where} ({run['backbone']!r}, {source}) for {', '.join(runs_here)}; give it a "
+                              f"`pretrain:` list of CLIP pretrain variants")
 
 
 def _check_run_adapt(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:
@@ -325,7 +351,7 @@ def _check_sides(cfg: dict[str, Any], run: dict[str, Any], variant: str, cls: ty
         what, px, err = bad
         spec = cfg["backbones"][run["backbone"]]
         raise ConfigError(f"pretrain variant {variant!r} (kind {cls.name}) feeds backbone {run['backbone']!r} "
-                          f"({spec.get('source', 'timm')} {spec['model']}) {what} of {px} px, which the backbone "
+                          f"({spec.get('source', 'timm')} {spec.get('model', 'config')}) {what} of {px} px, which the backbone "
                           f"reduces to nothing ({err}); use larger crops (the kind's params or views) or a "
                           f"backbone with a smaller total stride")
 
@@ -391,19 +417,21 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
             _check_fraction(value, f"{where}.sweep.fraction")
         if "pretrain" in variant:
             _check_adapt_pretrain(cfg, variant["pretrain"], f"{where}.pretrain")
-        if kind.of:
+        base = None
+        if kind.of and (variant.get("of") is not None or not kind.of_optional):
             of = variant.get("of")
+            starts = " or ".join(repr(k) for k in kind.of)
             if of is None:
-                raise ConfigError(f"{where}.of: adapt kind {kind.name!r} starts from a {kind.of!r} variant; name it")
+                raise ConfigError(f"{where}.of: adapt kind {kind.name!r} starts from a {starts} variant; name it")
             base = next((b for b in variants if of == b or of.startswith(f"{b}-")), None)
-            if base is None or variants[base].get("kind", base) != kind.of:
-                raise ConfigError(f"{where}.of: {of!r} is not an adapt variant of kind {kind.of!r}")
+            if base is None or variants[base].get("kind", base) not in kind.of:
+                raise ConfigError(f"{where}.of: {of!r} is not an adapt variant of kind {starts}")
             if of == base and variants[base].get("sweep"):
                 raise ConfigError(f"{where}.of: {of!r} is a sweep; name one of its points (e.g. "
                                   f"{of}-<knob><value>)")
-        elif "of" in variant:
+        elif "of" in variant and variant["of"] is not None:
             raise ConfigError(f"{where}.of: adapt kind {kind.name!r} does not start from another variant")
-        if kind.of:
+        if base is not None:
             _check_of_pretrain(cfg, variants, name, base)
 
 

@@ -34,11 +34,11 @@ def check_name(name: str, where: str = "name") -> str:
 
 
 def format_value(value: float | int | str) -> str:
-    """A sweep value as it appears in a variant name: ``0.001``, ``1e-05``, ``20``, ``0.5``."""
+    """A sweep value as it appears in a variant name: ``0.001``, ``1e-05``, ``20``, ``0.5``, ``0`` (for 0.0)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value)) if abs(value) >= 1 else repr(value)
+        return str(int(value)) if abs(value) >= 1 or value == 0 else repr(value)
     return str(value)
 
 

@@ -21,7 +21,8 @@ TRAIN_FACTOR = 3.0  # forward + backward ~ 3 forwards
 # forward-pass equivalents per image and step of each pretraining kind (default: two trained views = 6):
 # a trained view costs 3, a momentum teacher's view 1, a local crop at half the side a quarter
 PASSES = {"random": 0.0, "rotation": 3.0, "colorization": 3.0, "inpainting": 3.0, "deepcluster": 4.0,
-          "moco_v2": 4.0, "byol": 8.0, "swav": 7.5, "dino": 9.5, "jigsaw": 6.75, "relative_location": 1.5, "mae": 1.1}
+          "moco_v2": 4.0, "byol": 8.0, "swav": 7.5, "dino": 9.5, "jigsaw": 6.75, "relative_location": 1.5, "mae": 1.1,
+          "clip": 4.0}  # CLIP: the image tower's 3 plus its small text tower
 
 
 def wants_gpu(device: str) -> bool:
@@ -38,7 +39,7 @@ def _flops(spec_json: str, side: int) -> float:
 
     spec = {k: v for k, v in json.loads(spec_json).items() if k != "weights"}
     with torch.device("meta"):
-        backbone = build_backbone(spec, (side, side))
+        backbone = build_backbone(spec, (side, side)).eval()  # batch statistics of one image: eval mode
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             backbone(torch.empty(1, 3, *backbone.input_size))
     return float(counter.get_total_flops())
@@ -73,7 +74,12 @@ def job_minutes(cfg: dict[str, Any], recipe: dict[str, Any], stage: str, threads
     spec = recipe.get("backbone_spec") or cfg["backbones"][recipe["id"].split("/")[1]]
     per_image = backbone_flops(spec, side)
     if stage == "pretrain":
-        train, images = recipe["train"], _split_size(dataset, recipe["unlabeled_split"])
+        from dlbench.pretrain.base import load_all as load_methods
+
+        cls = load_methods().get(recipe["kind"])  # language-image kinds train on their caption split
+        split = (cls.resolve_params(recipe.get("params"))["caption_split"] if cls.needs_captions
+                 else recipe["unlabeled_split"])
+        train, images = recipe["train"], _split_size(dataset, split)
         passes = PASSES.get(recipe["kind"], 2 * TRAIN_FACTOR)
     else:
         train = (recipe.get("params") or {}).get("train")

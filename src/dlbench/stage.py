@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class Labeled:
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: list[str]
+    templates: list[str] = field(default_factory=list)  # prompt templates ("a photo of a {}."): zero-shot heads
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -42,7 +43,7 @@ class Labeled:
 def load_labeled(data_root: str | Path, recipe: dict[str, Any]) -> Labeled:
     meta = dataset_meta(data_root, recipe["dataset"])
     tx, ty, vx, vy = labeled_splits(data_root, recipe["dataset"], recipe["train_split"], recipe.get("val_split"))
-    return Labeled(tx, ty, vx, vy, list(meta["classes"]))
+    return Labeled(tx, ty, vx, vy, list(meta["classes"]), list(meta.get("prompt_templates") or []))
 
 
 def fingerprint(recipe: dict[str, Any]) -> str:

@@ -26,6 +26,10 @@ TINY_SPEC = {"source": "timm", "model": "resnet18",
 # a 2-block ViT on a 4 x 4 grid of 8 px patches (fixed input size 32: timm's strict_img_size), for MAE
 VIT_SPEC = {"source": "timm", "model": "vit_tiny_patch16_224",
             "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}}
+# a tiny CLIP (open_clip's CLIP class): 1-block towers, 16-token image grid, 16-token captions
+CLIP_SPEC = {"source": "open_clip", "config": {
+    "embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
 SIDE = 32  # the training images' side in the in-process tests
 BATCH = 16
 N_IMAGES = 64
@@ -55,6 +59,9 @@ SMALL: dict[str, dict[str, dict[str, Any]]] = {
     "masked": {
         "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
     },
+    "language-image": {
+        "clip": {"crop_scale": [0.8, 1.0]},
+    },
     "baseline": {
         "random": {},
     },
@@ -68,8 +75,18 @@ PALETTE = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]]
 
 
 def spec_for(name: str) -> dict[str, Any]:
-    """The tiny backbone spec a kind runs on: the ViT for ViT-only kinds (MAE), else the ResNet."""
-    return VIT_SPEC if load_all().get(name).requires == "vit" else TINY_SPEC
+    """The tiny backbone spec a kind runs on: the ViT for ViT-only kinds (MAE), the tiny CLIP for CLIP,
+    else the ResNet."""
+    return {"vit": VIT_SPEC, "open_clip": CLIP_SPEC}.get(load_all().get(name).requires or "", TINY_SPEC)
+
+
+COLOURS = ("red", "green", "blue", "yellow", "white")
+SHAPES = ("circle", "square", "star")
+
+
+def captions_for(n: int) -> list[str]:
+    """``n`` short captions of a few distinct kinds (language-image methods train on them)."""
+    return [f"a {COLOURS[i % len(COLOURS)]} {SHAPES[i % len(SHAPES)]}" for i in range(n)]
 
 
 def images_uint8(n: int = N_IMAGES, seed: int = 0, size: int = SIDE) -> torch.Tensor:
@@ -94,11 +111,13 @@ def make(name: str, params: dict[str, Any] | None = None, images: torch.Tensor |
     spec = spec_for(name) if spec is None else spec
     side = (int(images.shape[1]), int(images.shape[2]))
     torch.manual_seed(0)  # backbone and head initialisation
+    cls = load_all().get(name)
     setup = PretrainSetup(backbone=build_backbone(spec, side), backbone_spec=spec,
                           params=dict(SMALL_PARAMS[name] if params is None else params),
                           views=ViewConfig() if views is None else views, input_size=side, images=images,
+                          captions=captions_for(len(images)) if cls.needs_captions else None,
                           epochs=epochs, steps_per_epoch=steps_per_epoch)
-    method = load_all().get(name)(setup)
+    method = cls(setup)
     if prepare and hasattr(method, "before_epoch"):
         method.before_epoch(0, torch.Generator().manual_seed(1))
     return method

@@ -110,7 +110,7 @@ def test_unknown_device_fails_naming_the_key():
      r"adapt\.variants\.finetune\.sweep\.momentum: not a knob of kind 'finetune'"),
     (lambda c: c.pop("adapt"), r"pretrain: needs an adapt: section"),
     (lambda c: c["pretrain"]["runs"].append({"dataset": "shapes", "backbone": "tiny", "variants": ["simclr"]}),
-     r"pretrain\.runs\[2\].*listed twice"),
+     r"pretrain\.runs\[3\].*listed twice"),
     (lambda c: c["pretrain"]["runs"][0].update(backbone="huge"), r"pretrain\.runs\[0\]\.backbone: unknown backbone 'huge'"),
     (lambda c: c["datasets"]["shapes"]["corruptions"].update(max_images=0),
      r"datasets\.shapes\.corruptions\.max_images"),
@@ -186,7 +186,7 @@ def test_run_adapt_override_names_a_variant_and_a_valid_recipe():
     (lambda c: c["adapt"]["variants"]["linear"].update(pretrain=[]), r"adapt\.variants\.linear\.pretrain"),
     (lambda c: c["adapt"]["variants"]["linear"].update(pretrain="simclr"), r"adapt\.variants\.linear\.pretrain"),
     (lambda c: c["adapt"]["variants"]["linear"].update(pretrain=["simclr"]),  # lpft (of linear) runs for all
-     r"adapt\.variants\.lpft\.pretrain: runs for random, rotation, byol, mae, but its `of` variant 'linear'"),
+     r"adapt\.variants\.lpft\.pretrain: runs for random, rotation, byol, mae, clip, but its `of` variant 'linear'"),
 ])
 def test_bad_fraction_or_pretrain_list_names_the_key(mutate, pattern):
     cfg = raw()

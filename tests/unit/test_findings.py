@@ -20,6 +20,8 @@ from tests.unit.test_report_ssl import _model, frame, lineage, model_id, section
 R, V = "resnet10n", "vit_t"
 SSL_CLAIMS = ["ssl.probe_beats_random", "ssl.finetune_beats_supervised", "ssl.lpft_ood_at_least_finetune",
               "ssl.no_collapse", "ssl.mae_beats_random_vit"]
+# registered by findings/clip.py (tested in test_clip_findings.py); not testable on these SSL-only tables
+CLIP_CLAIMS = ["clip.zeroshot_effective_robustness", "clip.wiseft_beats_both_ends", "clip.lpft_ood_at_least_ft"]
 FT_OOD = dict(corr=(0.40,), style=0.30)  # OOD .35 (mean of the corruption and style kinds)
 LPFT_OOD = dict(corr=(0.45,), style=0.35)  # OOD .40
 
@@ -256,7 +258,7 @@ def test_rows_with_a_label_fraction_below_one_are_ignored():
     t = {"metrics": m, "history": history(), "summary": summary_table(m)}
     got = findings_table(t).set_index("claim_id")
     want = findings_table(tables()).set_index("claim_id")
-    assert list(got["holds"]) == list(want["holds"]) == [True, True, True, True, True]
+    assert list(got.loc[SSL_CLAIMS, "holds"]) == list(want.loc[SSL_CLAIMS, "holds"]) == [True, True, True, True, True]
     _, subs = by_subject(fssl.probe_beats_random(t))
     assert subs["simclr"].numbers["method"]["seeds"] == 2 and subs["rotation"].numbers["method"]["seeds"] == 3
     top, _ = by_subject(fssl.finetune_beats_supervised(t))
@@ -269,7 +271,8 @@ def test_rows_with_a_label_fraction_below_one_are_ignored():
 
 def test_findings_table_schema_and_counts():
     f = findings_table(tables(fail=True, mae=False))
-    assert list(f.columns) == COLUMNS and list(f["claim_id"]) == SSL_CLAIMS
+    assert list(f.columns) == COLUMNS and list(f["claim_id"]) == SSL_CLAIMS + CLIP_CLAIMS
+    assert f.set_index("claim_id").loc[CLIP_CLAIMS, "holds"].isna().all()  # no CLIP models in these tables
     assert str(f["holds"].dtype) == "boolean" and str(f["n_holds"].dtype) == "Int64"
     row = f.set_index("claim_id")
     assert not bool(row.loc["ssl.probe_beats_random", "holds"])  # bool(NA) would raise
@@ -289,7 +292,7 @@ def test_findings_table_on_empty_tables():
     empty = {"metrics": pd.DataFrame(columns=["model_id", "split", "shift", "acc"]),
              "history": pd.DataFrame(columns=["model_id", "epoch"]), "summary": pd.DataFrame()}
     f = findings_table(empty)
-    assert list(f["claim_id"]) == SSL_CLAIMS and f["holds"].isna().all()
+    assert list(f["claim_id"]) == SSL_CLAIMS + CLIP_CLAIMS and f["holds"].isna().all()
 
 
 def test_a_claim_needs_one_claim_level_verdict():
@@ -307,7 +310,7 @@ def test_write_findings_via_cli_and_read_back(tmp_path):
     assert main(["report", "findings", "--tables", str(root), "--out", str(root / "findings.parquet")]) == 0
     f = read_findings(root)
     pd.testing.assert_frame_equal(f, findings_table(t))
-    assert f["holds"].all()
+    assert f.set_index("claim_id").loc[SSL_CLAIMS, "holds"].all()
 
 
 # ---------------------------------------------------------------- HTML
@@ -320,7 +323,7 @@ def test_report_shows_summary_line_and_ssl_findings(tmp_path):
     write_report(root, tmp_path / "fig", tmp_path / "none.yaml", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     top = page.split("<h2 ")[0]
-    assert "Findings: 0 of 5 hold (1 not testable in this config)" in top
+    assert "Findings: 0 of 8 hold (4 not testable in this config)" in top  # 3 CLIP claims: no CLIP models
     assert "<a href='#ssl'>Self-supervised pretraining</a>: 0 of 5 hold" in top
     sec = section_html(page, "ssl")
     box = sec.split("<table class='findings'>")[1].split("</table>")[0]
@@ -336,7 +339,7 @@ def test_report_shows_summary_line_and_ssl_findings(tmp_path):
     write_findings(root, root / "findings.parquet")
     write_report(root, tmp_path / "fig", tmp_path / "none.yaml", tmp_path / "r2.html")
     page = (tmp_path / "r2.html").read_text()
-    assert "Findings: 5 of 5 hold (0 not testable in this config)" in page
+    assert "Findings: 5 of 8 hold (3 not testable in this config)" in page
     assert section_html(page, "ssl").count("✓ holds") == 5
 
 

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dlbench.cards import model_section
+from dlbench.device import autocast
 from dlbench.errors import CheckpointError
 from dlbench.models.backbones import BackboneSpecError, Classifier, build_backbone, build_classifier, check_spec
 from dlbench.models.checkpoint import load_backbone, load_model, read_card, save_model
@@ -97,9 +98,11 @@ def test_model_owns_its_normalisation_through_every_path(tmp_path):
     model = build_classifier(spec, 3, (32, 32)).eval()
     assert model.backbone.preprocess_spec()["mean"] == [0.5, 0.5, 0.5]
     x = images()
-    with torch.no_grad():
-        train_path = model(x.permute(0, 3, 1, 2).float().div(255))  # what an objective feeds: [0, 1] floats
-        by_hand = model.head(model.backbone.net((x.permute(0, 3, 1, 2).float().div(255) - 0.5) / 0.25))
+    # under the evaluate path's autocast policy (bf16 on CPUs with native bf16 kernels), so the three
+    # paths differ only in where the normalisation happens
+    with torch.no_grad(), autocast(torch.device("cpu")):
+        train_path = model(x.permute(0, 3, 1, 2).float().div(255)).float()  # what an objective feeds: [0, 1]
+        by_hand = model.head(model.backbone.net((x.permute(0, 3, 1, 2).float().div(255) - 0.5) / 0.25)).float()
     eval_path = predict_logits(model, x)
     assert torch.equal(train_path, eval_path) and torch.equal(train_path, by_hand)
     loaded, card = load_model(save(tmp_path, model))

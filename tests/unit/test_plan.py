@@ -58,16 +58,23 @@ def test_sweep_names_carry_decimals_the_wildcards_accept():
 # ---- variants and sweeps ------------------------------------------------------------------------
 
 def test_smoke_plan_ids_and_jobs(smoke):
-    assert len(smoke.ids(stage="supervised")) == 3 and len(smoke.ids(stage="pretrain")) == 5
+    assert len(smoke.ids(stage="supervised")) == 3 and len(smoke.ids(stage="pretrain")) == 6
     assert list(smoke.adapt_variants) == ["linear", "knn", "linear_10pct", "finetune-lr0.001", "finetune-lr0.002",
-                                          "lpft"]
-    assert smoke.frozen_variants == ["linear", "knn", "linear_10pct"]
-    assert smoke.trained_variants == ["finetune-lr0.001", "finetune-lr0.002", "lpft"]
-    # linear_10pct runs for simclr only (its `pretrain:` list): 5 variants x 5 backbones + 1
-    assert len(smoke.ids(stage="adapt")) == 5 * 5 + 1 and len(smoke.evaluated_ids) == 3 + 26
+                                          "lpft", "zeroshot", "finetune_zs", "wiseft-alpha0", "wiseft-alpha0.5",
+                                          "wiseft-alpha1"]
+    assert smoke.frozen_variants == ["linear", "knn", "linear_10pct", "zeroshot"]
+    assert smoke.trained_variants == ["finetune-lr0.001", "finetune-lr0.002", "lpft", "finetune_zs",
+                                      "wiseft-alpha0", "wiseft-alpha0.5", "wiseft-alpha1"]
+    # linear_10pct runs for simclr only (its `pretrain:` list): 5 variants x 6 backbones + 1, and the CLIP
+    # variants (zero-shot, fine-tuning from it, WiSE-FT at 3 alphas) for clip only
+    assert len(smoke.ids(stage="adapt")) == 5 * 6 + 1 + 5 and len(smoke.evaluated_ids) == 3 + 36
+    wise = smoke.recipe("shapes/clip_tiny/clip/wiseft-alpha0.5/none/none/seed0")
+    assert wise["source"] == "shapes/clip_tiny/clip/finetune_zs/none/none/seed0" and wise["knobs"] == {"alpha": 0.5}
+    assert (smoke.recipe("shapes/clip_tiny/clip/finetune_zs/none/none/seed0")["source"]
+            == "shapes/clip_tiny/clip/zeroshot/none/none/seed0")
     assert [i for i in smoke.ids(stage="adapt") if "/linear_10pct/" in i] == ["shapes/tiny/simclr/linear_10pct/none/none/seed0"]
     assert set(smoke.ids(job="frozen")) == {i for i in smoke.ids(stage="adapt")
-                                           if any(f"/{v}/" in i for v in ("linear", "knn", "linear_10pct"))}
+                                           if any(f"/{v}/" in i for v in ("linear", "knn", "linear_10pct", "zeroshot"))}
 
 
 def test_a_sweep_makes_one_variant_per_value_with_its_knob(smoke):
@@ -153,7 +160,7 @@ def test_tsne_models_first_seed_frozen_and_finetuned(smoke):
     panels = smoke.tsne_models
     assert panels["shapes/tiny/simclr/linear/none/none/seed0"] == "pretrained"
     assert panels["shapes/tiny/simclr/finetune-lr0.001/none/none/seed0"] == "finetuned"
-    assert len(panels) == 2 * 5 and set(panels.values()) == {"pretrained", "finetuned"}
+    assert len(panels) == 2 * 6 and set(panels.values()) == {"pretrained", "finetuned"}
 
 
 def test_reserved_and_bad_variant_names_fail():
@@ -228,9 +235,11 @@ def test_pretrain_list_restricts_an_adapt_variant_to_those_methods(smoke):
     assert plan.frozen_variants_of("simclr") == ["linear", "knn", "lin_frac-fraction0.01", "lin_frac-fraction0.1"]
     assert plan.frozen_variants_of("byol") == ["linear", "knn"]
     assert plan.frozen_sets == [(("linear", "knn", "lin_frac-fraction0.01", "lin_frac-fraction0.1"),
-                                 ("random", "simclr")), (("linear", "knn"), ("rotation", "byol", "mae"))]
+                                 ("random", "simclr")), (("linear", "knn"), ("rotation", "byol", "mae")),
+                                (("linear", "knn", "zeroshot"), ("clip",))]
     assert smoke.frozen_sets == [(("linear", "knn"), ("random", "rotation", "byol", "mae")),
-                                 (("linear", "knn", "linear_10pct"), ("simclr",))]
+                                 (("linear", "knn", "linear_10pct"), ("simclr",)),
+                                 (("linear", "knn", "zeroshot"), ("clip",))]
     assert [r["variant"] for r in plan.frozen_recipes("shapes/tiny/byol/none/none/none/seed0")] == ["linear", "knn"]
     assert len(plan.frozen_recipes("shapes/tiny/random/none/none/none/seed0")) == 4
     # t-SNE panels stay on the full-data variants

@@ -38,7 +38,7 @@ def trains(name: str) -> bool:
 
 def test_every_registered_kind_is_covered():
     """A new kind must get small params (under its family) here, or these tests would not cover it."""
-    assert len(NAMES) == 16
+    assert len(NAMES) == 17
     assert set(NAMES) == set(SMALL_PARAMS)
     assert [n for n in NAMES if not trains(n)] == ["random"]
 
@@ -48,8 +48,8 @@ def test_registered_under_its_family(name):
     cls = METHODS.get(name)
     assert issubclass(cls, PretrainMethod) and cls.name == name
     assert cls.family == FAMILY_OF[name]
-    # the family is the module it lives in (random: the baseline, in random_init)
-    module = {"baseline": "random_init"}.get(cls.family, cls.family)
+    # the family is the module it lives in (random: the baseline, in random_init; language-image: language_image)
+    module = {"baseline": "random_init"}.get(cls.family, cls.family.replace("-", "_"))
     assert cls.__module__ == f"dlbench.pretrain.{module}"
     if cls.trains:
         assert cls.knobs == {"epochs": "train.epochs", "lr": "train.lr"}
@@ -157,7 +157,7 @@ def test_input_sides_are_what_it_feeds_and_the_backbone_accepts(name):
     assert set(fed) == expected, (fed, declared)
 
 
-@pytest.mark.parametrize("name", ["byol", "deepcluster", "dino", "mae", "moco_v2", "rotation", "swav"])  # every family
+@pytest.mark.parametrize("name", ["byol", "clip", "deepcluster", "dino", "mae", "moco_v2", "rotation", "swav"])
 def test_resume_is_bit_identical(name, tmp_path):
     """Buffers (step counters, center, queue, pseudo-labels) and re-run hooks make a resumed run equal an
     uninterrupted one."""

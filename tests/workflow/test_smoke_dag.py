@@ -23,7 +23,7 @@ from .conftest import MODEL, clone_repo, sha, snakemake
 pytestmark = pytest.mark.workflow
 
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
-                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "epochs", "fraction",
+                  "family", "stage", "parents", "pretrain_kind", "pretrain_family", "alpha", "epochs", "fraction",
                   "head_temperature", "k", "lr", "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
                   "num_classes", "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms",
                   "latency_device", "train_seconds"]
@@ -50,8 +50,9 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     m = first_run["metrics"]
     assert list(m.columns) == METRIC_COLUMNS
     assert m.loc[m["kind"] == "supervised", "model_id"].nunique() == 3  # shapes x 2 seeds, digits x 1
-    # + 5 pretrained backbones (1 seed) x 5 adapt variants, + simclr's linear_10pct
-    assert m["model_id"].nunique() == 3 + 5 * 5 + 1
+    # + 5 pretrained backbones (1 seed) x 5 adapt variants, + simclr's linear_10pct, + CLIP: the 5 variants,
+    # zero-shot, fine-tuning from it, WiSE-FT at 3 alphas
+    assert m["model_id"].nunique() == 3 + 5 * 5 + 1 + 5 + 5
     shapes = m[m["model_id"] == MODEL]
     assert set(shapes["split"]) == {"test", "style", "test.gaussian_noise-1", "test.gaussian_noise-5",
                                     "test.contrast-1", "test.contrast-5"}
@@ -71,7 +72,7 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     knn_params = m.loc[m["kind"] == "knn", "params"].iloc[0]
     assert knn_params > m.loc[m["kind"] == "linear", "params"].iloc[0]  # the kNN bank is part of the model
     report = (smoke_repo / "results/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 7 and "Supervised baseline" in report
+    assert report.count("data:image/png;base64,") == 8 and "Supervised baseline" in report
     for log in ("shapes", "digits"):
         assert "built" in (smoke_repo / f"results/logs/dataset/{log}.log").read_text()
     card = json.loads((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
@@ -83,7 +84,10 @@ def test_a_sweep_gives_distinct_models_with_a_knob_column(first_run):
     """Acceptance 1: two fine-tune variants differing only in lr: distinct ids and rows, lr as a knob."""
     m = first_run["metrics"]
     ft = m[m["kind"] == "finetune"].drop_duplicates("model_id")
-    assert set(ft["adapt"]) == {"finetune-lr0.001", "finetune-lr0.002"}
+    # the CLIP run's fine-tune from the zero-shot head is a second named variant of the same kind
+    assert set(ft["adapt"]) == {"finetune-lr0.001", "finetune-lr0.002", "finetune_zs"}
+    assert ft.loc[ft["adapt"] == "finetune_zs", "parents"].map(lambda p: p[0].split("/")[3]).tolist() == ["zeroshot"]
+    ft = ft[ft["adapt"] != "finetune_zs"]
     assert ft.groupby("adapt")["lr"].unique().map(list).to_dict() == {"finetune-lr0.001": [0.001],
                                                                       "finetune-lr0.002": [0.002]}
     assert str(m["lr"].dtype) == "Float64" and str(m["k"].dtype) == "Int64"
@@ -142,7 +146,7 @@ def test_load_model_rebuilds_every_model_from_its_directory(smoke_repo, first_ru
         got = predict_logits(model, images[card["parts"]["dataset"]]).numpy()
         assert np.array_equal(got, cached), model_id
         seen += 1
-    assert seen == len(evaluated) == 29
+    assert seen == len(evaluated) == 39
 
 
 # pretrain, frozen adapt, trained adapt (from the frozen one) and evaluation; supervised training ends
@@ -265,15 +269,15 @@ def test_changing_one_variant_reruns_only_its_jobs(smoke_repo, first_run, tmp_pa
     (smoke_repo / "configs/changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     jobs = planned_jobs(smoke_repo, "configs/changed.yaml")
     assert set(jobs) - REPORT_RULES == {"adapt", "evaluate"}, jobs
-    assert all("/lpft/" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 5
-    assert len(jobs["evaluate"]) == 5  # one group (all seeds) per pretrained backbone
+    assert all("/lpft/" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 6
+    assert len(jobs["evaluate"]) == 6  # one group (all seeds) per pretrained backbone (5 SSL, CLIP)
     # a sweep point changed: the new point's jobs only, the other point is untouched
     cfg = yaml.safe_load((smoke_repo / "configs/smoke.yaml").read_text())
     cfg["adapt"]["variants"]["finetune"]["sweep"]["lr"] = [0.001, 0.003]
     (smoke_repo / "configs/changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     jobs = planned_jobs(smoke_repo, "configs/changed.yaml")
     assert set(jobs) - REPORT_RULES == {"adapt", "evaluate"}, jobs
-    assert all("finetune-lr0.003" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 5
+    assert all("finetune-lr0.003" in o for o in jobs["adapt"] + jobs["evaluate"]) and len(jobs["adapt"]) == 6
 
 
 REPORT_OUTPUTS = ("tables", "figures", "report.html")
@@ -295,7 +299,7 @@ def test_removing_a_method_removes_its_rows(smoke_repo, first_run, tmp_path):
     try:
         snakemake(smoke_repo, config="configs/no_byol.yaml")
         m = pd.read_parquet(results / "tables/metrics.parquet")
-        assert "byol" not in set(m["pretrain"]) and m["model_id"].nunique() == 29 - 5
+        assert "byol" not in set(m["pretrain"]) and m["model_id"].nunique() == 39 - 5
         history = pd.read_parquet(results / "tables/history.parquet")
         assert "byol" not in set(history["pretrain"])
         report = (results / "report.html").read_text()

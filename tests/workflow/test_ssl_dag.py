@@ -14,6 +14,7 @@ from .conftest import snakemake
 pytestmark = pytest.mark.workflow
 
 VARIANTS = {"linear", "knn", "finetune-lr0.001", "finetune-lr0.002", "lpft"}
+CLIP_VARIANTS = {"zeroshot", "finetune_zs", "wiseft-alpha0", "wiseft-alpha0.5", "wiseft-alpha1"}
 
 
 def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
@@ -25,7 +26,8 @@ def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
     assert set(ssl["pretrain_family"]) == {methods.get(n).family for n in methods.names()}
     shapes_splits = set(m.loc[(m["kind"] == "supervised") & (m["dataset"] == "shapes"), "split"])
     for (backbone, method), g in ssl.groupby(["backbone", "pretrain"]):
-        assert set(g["adapt"]) == VARIANTS | ({"linear_10pct"} if method == "simclr" else set()), method
+        extra = {"simclr": {"linear_10pct"}, "clip": CLIP_VARIANTS}.get(method, set())
+        assert set(g["adapt"]) == VARIANTS | extra, method
         assert g["acc"].between(0, 1).all() and g["nll"].notna().all(), method
         assert set(g["split"]) == shapes_splits, method
     assert set(ssl.loc[ssl["pretrain"] == "mae", "backbone"]) == {"vit_tiny"}  # the ViT-only method on the ViT
@@ -36,7 +38,7 @@ def test_smoke_config_runs_one_method_per_family(smoke_repo, first_run):
     assert pre.loc[pre["kind"] != "random", "train_loss"].notna().all()
     tsne = pd.read_parquet(smoke_repo / "results/tables/tsne.parquet")
     assert set(tsne["panel"]) == {"pretrained", "finetuned"}
-    assert tsne.groupby("model_id").size().eq(100).all() and tsne["model_id"].nunique() == 10
+    assert tsne.groupby("model_id").size().eq(100).all() and tsne["model_id"].nunique() == 12
     assert set(tsne["class"]) == {"circle", "ring", "triangle", "square", "heart", "bar", "star", "cross",
                                   "crescent", "arrow"}
     card = json.loads((smoke_repo / "results/models/shapes/tiny/simclr/knn/none/none/seed0/model.json").read_text())

@@ -8,8 +8,10 @@ unknown key fails at config time), the knobs a sweep may vary, and its *job*:
 * ``train`` kinds (fine-tuning, LP-FT ...) run one job per variant, so changing one variant's
   recipe retrains that variant only, and a crash in one never touches another's model.
 
-A kind with ``of`` starts from another variant's model (LP-FT from a linear probe): that model
-is the job's input and its parent in the lineage.
+A kind with ``of`` starts from another variant's model (LP-FT from a linear probe, WiSE-FT from a
+fine-tune): that model is the job's input and its parent in the lineage. ``of`` lists the kinds it
+may start from; with ``of_optional`` a variant may also start from the pretrained backbone (a CLIP
+fine-tune starts from the zero-shot model, a ResNet fine-tune from the backbone).
 
 A kind with the ``fraction`` parameter (``FRACTION``: linear, knn, finetune, lpft) trains on a
 class-balanced fraction of the labeled train split (label efficiency): the stage picks the subset
@@ -48,6 +50,9 @@ class AdaptContext:
     checkpoint: Path | None = None
     fingerprint: str = ""
     start: Classifier | None = None  # the ``of`` variant's model (LP-FT: the linear probe)
+    start_card: dict[str, Any] | None = None  # its card (WiSE-FT reads the lineage)
+    # a model of the lineage by id (WiSE-FT's other endpoint: the model its fine-tune started from)
+    load_ancestor: Callable[[str], tuple[Classifier, dict[str, Any]]] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen features, computed once
     # the variant's labeled images: indices into data.train_* (its ``fraction``, see
     # dlbench.data.loader.label_fraction_subset); None: the whole train split. Val stays whole.
@@ -89,11 +94,15 @@ class AdaptKind:
     name: str
     family: str  # report grouping: "probe", "finetune", ...
     job: str  # "frozen" or "train" (see module doc)
-    run: RunFn  # (context, params) -> (classifier, info for the card; "history" and "trainable_params" are lifted)
+    # (context, params) -> (classifier, info for the card; "history", "trainable_params" and "ancestors" (cards of
+    # parents besides the job's source, listed before it) are lifted out)
+    run: RunFn
     defaults: dict[str, Any]  # every parameter and its default (None where ``required``)
     required: tuple[str, ...] = ()
     knobs: dict[str, str] = field(default_factory=dict)  # sweepable name -> dotted path in params
-    of: str | None = None  # kind of the variant this one starts from
+    of: tuple[str, ...] = ()  # kinds of the variant this one starts from (a variant's ``of`` names one)
+    of_optional: bool = False  # True: a variant may leave ``of`` out (it starts from the pretrained backbone)
+    requires: str | None = None  # "open_clip": only on CLIP backbones (checked at config time)
     description: str = ""
 
 
@@ -101,15 +110,17 @@ KINDS: Registry[AdaptKind] = Registry("adapt kind")
 
 
 def register_kind(name: str, *, family: str, job: str, defaults: dict[str, Any], required: tuple[str, ...] = (),
-                  knobs: dict[str, str] | None = None, of: str | None = None,
-                  description: str = "") -> Callable[[RunFn], RunFn]:
-    """Decorator on ``run(ctx, params) -> (classifier, info)``."""
+                  knobs: dict[str, str] | None = None, of: str | tuple[str, ...] = (), of_optional: bool = False,
+                  requires: str | None = None, description: str = "") -> Callable[[RunFn], RunFn]:
+    """Decorator on ``run(ctx, params) -> (classifier, info)``; ``of``: a kind or a tuple of kinds."""
     if job not in JOBS:
         raise ValueError(f"adapt kind {name!r}: job must be one of {JOBS}")
 
     def decorator(fn: RunFn) -> RunFn:
         KINDS.add(name, AdaptKind(name=name, family=family, job=job, run=fn, defaults=dict(defaults),
-                                  required=tuple(required), knobs=dict(knobs or {}), of=of, description=description))
+                                  required=tuple(required), knobs=dict(knobs or {}),
+                                  of=(of,) if isinstance(of, str) else tuple(of), of_optional=of_optional,
+                                  requires=requires, description=description))
         return fn
 
     return decorator

@@ -34,10 +34,15 @@ def train(ctx: AdaptContext, model: Classifier, params: dict[str, Any]) -> tuple
 
 
 @register_kind("finetune", family="finetune", job="train", defaults=TRAINED, required=("train",),
-               knobs=TRAINED_KNOBS, description="full fine-tuning of backbone + a new linear head")
+               knobs=TRAINED_KNOBS, of=("zeroshot",), of_optional=True,
+               description="full fine-tuning of backbone + a new linear head (or, with `of`, the zero-shot head)")
 def finetune(ctx: AdaptContext, params: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
+    """Fine-tune the backbone with a new linear head; with ``of`` a zero-shot variant, from the zero-shot
+    model's head (CLIP, as in wise-ft: so that WiSE-FT interpolates the head too, and the first steps
+    start from CLIP's predictions rather than a random head)."""
     torch.manual_seed(ctx.seed)
-    return train(ctx, Classifier(ctx.pretrained_backbone(), ctx.num_classes), params)
+    head = None if ctx.start is None else copy.deepcopy(ctx.start.head).to(ctx.device)
+    return train(ctx, Classifier(ctx.pretrained_backbone(), ctx.num_classes, head), params)
 
 
 def tempered_head(head: torch.nn.Module, temperature: float) -> torch.nn.Module:

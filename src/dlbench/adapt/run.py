@@ -20,6 +20,7 @@ import torch
 from dlbench.adapt.base import AdaptContext, load_all
 from dlbench.data.loader import label_fraction_subset
 from dlbench.device import pick_device
+from dlbench.ids import NONE, ModelId
 from dlbench.models.checkpoint import load_backbone, load_model
 from dlbench.stage import fingerprint, load_labeled, write_model
 from dlbench.train.engine import remove_checkpoint
@@ -32,6 +33,27 @@ def train_subset(labels: torch.Tensor, params: dict[str, Any], seed: int) -> tor
     if fraction is None or float(fraction) >= 1:
         return None
     return label_fraction_subset(labels, float(fraction), seed)
+
+
+def starts_from_model(recipe: dict[str, Any]) -> bool:
+    """Whether the job's source is another variant's model (``of``) rather than the pretrained backbone."""
+    return ModelId.parse(recipe["source"]).adapt != NONE
+
+
+def models_root(source_dir: str | Path, source_id: str) -> Path | None:
+    """The directory that holds every model directory: ``source_dir`` minus its id's path (None when the
+    directory is not laid out by id, e.g. a model copied elsewhere by hand)."""
+    path, parts = Path(source_dir), tuple(str(source_id).split("/"))
+    return path.parents[len(parts) - 1] if path.parts[-len(parts):] == parts else None
+
+
+def _ancestor_loader(root: Path | None, source_dir: str | Path):
+    def load(model_id: str):
+        if root is None:
+            raise ValueError(f"{source_dir} is not under a models directory laid out by model id, so its "
+                             f"ancestor {model_id} cannot be found")
+        return load_model(root / model_id)
+    return load
 
 
 def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str | Path, out_dirs: list[str | Path],
@@ -50,16 +72,19 @@ def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str 
     shared: dict[str, torch.Tensor] = {}  # frozen features of the job's backbone, shared by its variants
     for recipe, out in zip(recipes, out_dirs):
         kind = kinds.get(recipe["kind"])
-        if kind.of:
+        if starts_from_model(recipe):
             start, parent = load_model(source_dir)
             start_backbone = start.backbone
         else:
             start, (start_backbone, parent) = None, load_backbone(source_dir)
+        root = models_root(source_dir, parent["id"])
         ckpt = Path(checkpoint_dir) / f"{recipe['variant']}.pt" if checkpoint_dir else None
         index = train_subset(data.train_y, recipe["params"], int(recipe["seed"]))
         ctx = AdaptContext(load_backbone=lambda b=start_backbone: copy.deepcopy(b), data=data, device=dev,
                            seed=int(recipe["seed"]), checkpoint=ckpt, fingerprint=fingerprint(recipe),
-                           start=None if start is None else start.to(dev), features=shared, train_index=index)
+                           start=None if start is None else start.to(dev), start_card=None if start is None else parent,
+                           load_ancestor=_ancestor_loader(root, source_dir),
+                           features=shared, train_index=index)
         n_train = len(data.train_y) if index is None else len(index)
         log(f"adapt {parent['id']} with variant {recipe['variant']!r} (kind {kind.name}), "
             f"{n_train} of {len(data.train_y)} labeled train images")
@@ -70,7 +95,8 @@ def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str 
         history = info.pop("history", None)
         seconds = sum(h.get("seconds", 0.0) for h in history) if history else time.perf_counter() - t0
         cards.append(write_model(out, model, recipe=recipe, kind=kind.name, family=kind.family, stage="adapt",
-                                 classes=data.classes, parents=[parent], history=history, train_seconds=seconds,
+                                 classes=data.classes, parents=[*info.pop("ancestors", []), parent],
+                                 history=history, train_seconds=seconds,
                                  trainable_params=info.pop("trainable_params", None), info=info))
         remove_checkpoint(ckpt)
         log(f"  {recipe['variant']}: {seconds:.1f}s")

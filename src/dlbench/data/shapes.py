@@ -10,7 +10,14 @@ tint every image carried a unique fingerprint, and SSL learned that instead of t
 (linear probes of SimCLR/BYOL within 2-5 points of random features). The ``style`` split renders the same
 classes the way training never does (outline-only or sketchy strokes, hatched fills,
 unseen palettes and backgrounds), so a model that learned shape generalises and one that
-learned texture does not. Every image has a caption, for the later CLIP work.
+learned texture does not. Every image has a caption.
+
+The ``web`` split plays the role of CLIP's web data (the ``clip`` pretraining kind): new images (never
+the test images), without labels, whose renderings, palettes and backgrounds span the whole dataset,
+the ``style`` split's included, while the labeled ``train`` split stays narrow. So, as with real CLIP,
+pretraining covers the shift that fine-tuning data lacks. Its captions describe shape, colour, size,
+rendering and background with web-like noise (``web_caption``): some paraphrase the shape's name, some
+omit it, some omit other attributes.
 Rendering is supersampled 2x and box-filtered, so edges are anti-aliased.
 """
 
@@ -27,7 +34,8 @@ from dlbench.data.store import write_meta, write_split
 CLASSES = ["circle", "ring", "triangle", "square", "heart", "bar", "star", "cross", "crescent", "arrow"]
 SIZE = 32
 SUPER = 2
-SPLIT_SIZES = {"unlabeled": 8000, "train": 1000, "val": 500, "test": 2000, "style": 1000}
+SPLIT_SIZES = {"unlabeled": 8000, "train": 1000, "val": 500, "test": 2000, "style": 1000, "web": 8000}
+UNLABELED = ("unlabeled", "web")
 SEED = 20241
 MAX_ROTATION = np.pi / 6  # radians either way; wider makes 100 labels/class too few
 
@@ -111,6 +119,7 @@ class Recipe:
     colour: str
     background: str
     rendering: str
+    style_bg_colours: bool | None = None  # background base colours of the style split; None: those of the palette
 
 
 # Backgrounds come from small finite sets, so that thousands of images share each one: a background
@@ -190,7 +199,8 @@ def render(recipe: Recipe, rng: np.random.Generator) -> np.ndarray:
     name = CLASSES[recipe.cls]
     palette = TRAIN_PALETTE if recipe.colour in TRAIN_PALETTE else STYLE_PALETTE
     fg = np.array(palette[recipe.colour]) / 255  # no per-image tint: it would fingerprint the image
-    img = _background(recipe.background, rng, xx, yy, fg, style=palette is STYLE_PALETTE)
+    style_bg = palette is STYLE_PALETTE if recipe.style_bg_colours is None else recipe.style_bg_colours
+    img = _background(recipe.background, rng, xx, yy, fg, style=style_bg)
     ca, sa = np.cos(recipe.angle), np.sin(recipe.angle)
     dx, dy = xx - recipe.cx, yy - recipe.cy
     u = (ca * dx + sa * dy) / recipe.radius
@@ -212,11 +222,60 @@ def render(recipe: Recipe, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
 
+RENDERING_WORDS = {"filled": "", "outline": " drawn as an outline", "sketch": " sketched in pencil",
+                   "hatched": " with hatched fill"}
+
+
+def _size_word(recipe: Recipe) -> str:
+    return "small" if recipe.radius < 0.55 else "large" if recipe.radius > 0.65 else "medium"
+
+
 def caption(recipe: Recipe) -> str:
-    size = "small" if recipe.radius < 0.55 else "large" if recipe.radius > 0.65 else "medium"
-    how = {"filled": "", "outline": " drawn as an outline", "sketch": " sketched in pencil",
-           "hatched": " with hatched fill"}[recipe.rendering]
-    return f"a {size} {recipe.colour} {CLASSES[recipe.cls]}{how} on a {recipe.background} background"
+    how = RENDERING_WORDS[recipe.rendering]
+    return f"a {_size_word(recipe)} {recipe.colour} {CLASSES[recipe.cls]}{how} on a {recipe.background} background"
+
+
+# Web-caption noise (the web split): how often the shape's name is paraphrased or left out, and how
+# often each other attribute is left out. Alt-text on the web names the object most of the time and
+# the background rarely.
+PARAPHRASES = {
+    "circle": ("disc", "round dot"), "ring": ("donut", "hoop"), "triangle": ("three-sided shape", "pyramid"),
+    "square": ("box", "block"), "heart": ("love symbol", "valentine"), "bar": ("stripe", "rectangle"),
+    "star": ("five-pointed star", "starburst"), "cross": ("plus sign", "x mark"),
+    "crescent": ("moon", "sickle"), "arrow": ("pointer", "chevron arrow"),
+}
+P_PARAPHRASE, P_OMIT_SHAPE = 0.15, 0.15
+P_OMIT = {"size": 0.5, "colour": 0.3, "rendering": 0.3, "background": 0.7}
+
+
+def web_caption(recipe: Recipe, rng: np.random.Generator) -> str:
+    """A noisy caption: the shape's name (70%), a paraphrase (15%) or nothing ("object", 15%); size,
+    colour, rendering and background each left out with its ``P_OMIT`` probability."""
+    r = rng.uniform()
+    name = CLASSES[recipe.cls]
+    noun = (name if r >= P_PARAPHRASE + P_OMIT_SHAPE
+            else str(rng.choice(PARAPHRASES[name])) if r < P_PARAPHRASE else "object")
+    keep = rng.uniform(size=4) >= np.array([P_OMIT[k] for k in ("size", "colour", "rendering", "background")])
+    words = [w for w, k in ((_size_word(recipe), keep[0]), (recipe.colour, keep[1])) if k]
+    text = " ".join(["a", *words, noun]) + (RENDERING_WORDS[recipe.rendering] if keep[2] else "")
+    return text + (f" on a {recipe.background} background" if keep[3] else "")
+
+
+def sample_web_recipe(cls: int, rng: np.random.Generator) -> Recipe:
+    """Any rendering, palette colour, background and background colour set of the dataset (the style
+    split's included), each drawn independently."""
+    palette = {**TRAIN_PALETTE, **STYLE_PALETTE}
+    return Recipe(
+        cls=cls,
+        cx=float(rng.uniform(-0.25, 0.25)),
+        cy=float(rng.uniform(-0.25, 0.25)),
+        radius=float(rng.uniform(0.45, 0.75)),
+        angle=float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)),
+        colour=str(rng.choice(list(palette))),
+        background=str(rng.choice(TRAIN_BACKGROUNDS + STYLE_BACKGROUNDS)),
+        rendering=str(rng.choice(TRAIN_RENDERINGS + STYLE_RENDERINGS)),
+        style_bg_colours=bool(rng.uniform() < 0.5),
+    )
 
 
 def sample_recipe(cls: int, rng: np.random.Generator, style: bool) -> Recipe:
@@ -233,17 +292,19 @@ def sample_recipe(cls: int, rng: np.random.Generator, style: bool) -> Recipe:
     )
 
 
-def render_split(n: int, seed: int, style: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Render ``n`` class-balanced images (classes cycle, then shuffled) from one seed."""
+def render_split(n: int, seed: int, style: bool = False, web: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Render ``n`` class-balanced images (classes cycle, then shuffled) from one seed; ``web``: the web
+    split's recipes and noisy captions."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     captions = []
     for i, cls in enumerate(labels):
-        recipe = sample_recipe(int(cls), rng, style)
+        recipe = sample_web_recipe(int(cls), rng) if web else sample_recipe(int(cls), rng, style)
         images[i] = render(recipe, rng)
-        captions.append(caption(recipe))
+        captions.append(web_caption(recipe, rng) if web else caption(recipe))
     return images, labels.astype(np.int64), captions
 
 
@@ -254,11 +315,15 @@ def build(out: Path, raw_dir: Path | None = None, sizes: dict[str, int] | None =
     out.mkdir(parents=True, exist_ok=True)
     splits_meta = {}
     for i, (split, n) in enumerate(sizes.items()):
-        images, labels, caps = render_split(n, SEED + 1000 * i, style=split == "style")
-        if split == "unlabeled":
+        images, labels, caps = render_split(n, SEED + 1000 * i, style=split == "style", web=split == "web")
+        if split in UNLABELED:
             labels = np.full_like(labels, -1)
         write_split(out, split, images, labels, caps)
-        splits_meta[split] = {"n": n, "shift": "style" if split == "style" else "id", "labeled": split != "unlabeled"}
+        splits_meta[split] = {"n": n, "shift": "style" if split == "style" else "id", "labeled": split not in UNLABELED}
+    splits_meta["web"]["role"] = ("language-image pretraining data (CLIP's web data): every rendering, palette and "
+                                  "background of the dataset, the style split's included; noisy captions "
+                                  f"(shape name paraphrased {P_PARAPHRASE:.0%}, omitted {P_OMIT_SHAPE:.0%}; omitted: "
+                                  + ", ".join(f"{k} {v:.0%}" for k, v in P_OMIT.items()) + "); never the test images")
     write_meta(out, {
         "name": "shapes",
         "classes": CLASSES,

@@ -67,7 +67,12 @@ def _load(module: nn.Module, state: dict[str, torch.Tensor], where: Path) -> Non
 
 
 def _backbone(section: dict[str, Any]) -> Backbone:
-    return build_backbone(section["backbone"], preprocess=section["preprocess"])
+    """The card's backbone, built without reading its ``weights`` file (the directory's weights replace
+    them, and the file may be gone); the spec is kept whole for the lineage of what is made from it."""
+    spec = section["backbone"]
+    backbone = build_backbone({k: v for k, v in spec.items() if k != "weights"}, preprocess=section["preprocess"])
+    backbone.spec = dict(spec)
+    return backbone
 
 
 def load_backbone(model_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:

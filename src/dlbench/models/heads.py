@@ -1,7 +1,9 @@
 """Classifier heads, a registry keyed by the ``kind`` in a model card's ``model.head`` entry.
 
-``linear`` is ``nn.Linear``; ``knn`` is :class:`KNNHead`. A head module may define ``spec()``
-(the card entry it is rebuilt from); ``head_spec`` falls back to ``{"kind": "linear"}``.
+``linear`` is ``nn.Linear``; ``knn`` is :class:`KNNHead`; ``cosine`` is CLIP's normalised-feature head
+(``dlbench.models.clip.CosineHead``: zero-shot heads and the fine-tunes that start from them).
+A head module may define ``spec()`` (the card entry it is rebuilt from); ``head_spec`` falls back to
+``{"kind": "linear"}``.
 
 ``KNNHead`` makes a kNN classifier a model like any other: its memory bank (l2-normalised
 train features) and labels are buffers saved in safetensors, and its output is the log of
@@ -70,6 +72,13 @@ HEADS: Registry[HeadBuilder] = Registry("head kind")
 HEADS.add("linear", lambda spec, dim, num_classes: nn.Linear(dim, num_classes))
 HEADS.add("knn", lambda spec, dim, num_classes: KNNHead(dim, int(spec["bank_size"]), num_classes, int(spec["k"]),
                                                          float(spec["temperature"])))
+HEADS.add("cosine", lambda spec, dim, num_classes: _cosine_head(dim, num_classes))
+
+
+def _cosine_head(dim: int, num_classes: int) -> nn.Module:
+    from dlbench.models.clip import CosineHead
+
+    return CosineHead(dim, num_classes)
 
 
 def build_head(spec: dict[str, Any] | None, dim: int, num_classes: int) -> nn.Module:

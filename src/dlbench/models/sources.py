@@ -3,8 +3,8 @@
 Config names a backbone as ``{source: timm, model: <name>, kwargs: {...}, weights: <file>, ...}``.
 Each source is registered under its config name and turns such a spec into a headless network
 (``forward(normalised x) -> N x D`` pooled features) plus the preprocessing it was made for
-(mean, std, input size). ``timm`` is here; ``open_clip`` arrives with the CLIP work. Weights come
-only from a local file named in config: nothing is downloaded at run time.
+(mean, std, input size). ``timm`` is here, ``open_clip`` in ``dlbench.models.clip`` (registered on
+first use). Weights come only from a local file named in config: nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dlbench.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SPEC_KEYS = {"source", "model", "kwargs", "weights", "cifar_stem", "stem_stride", "mean", "std", "input_size"}
+SPEC_KEYS = {"source", "model", "kwargs", "weights", "cifar_stem", "stem_stride", "mean", "std", "input_size",
+             "config"}
 
 
 class BackboneSpecError(ValueError):
@@ -46,7 +47,13 @@ class Source:
 SOURCES: Registry[Source] = Registry("backbone source")
 
 
+def register_all() -> None:
+    """Import the modules that register the other sources (cheap: their libraries load on first build)."""
+    import dlbench.models.clip  # noqa: F401  (open_clip)
+
+
 def source_of(spec: dict[str, Any]) -> Source:
+    register_all()
     return SOURCES.get(spec.get("source", "timm"))
 
 
@@ -55,6 +62,7 @@ def check_spec(name: str, spec: dict[str, Any]) -> None:
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise BackboneSpecError(f"unknown config key backbones.{name}.{unknown[0]}; allowed here: {sorted(SPEC_KEYS)}")
+    register_all()
     if spec.get("source", "timm") not in SOURCES:
         raise BackboneSpecError(f"backbones.{name}.source: unknown backbone source {spec['source']!r}; "
                                 f"known: {', '.join(SOURCES.names())}")
@@ -96,6 +104,8 @@ _RESNETS = ("resnet", "resnext", "wide_resnet", "seresnet", "seresnext")
 def _timm_check(name: str, spec: dict[str, Any]) -> None:
     import timm
 
+    if "config" in spec:
+        raise BackboneSpecError(f"backbones.{name}.config: only open_clip backbones take an inline config")
     arch = spec.get("model")
     if not arch or not timm.is_model(arch):
         raise BackboneSpecError(f"backbones.{name}.model: unknown timm model {arch!r} (see timm.list_models())")

@@ -34,6 +34,7 @@ class PretrainSetup:
     views: ViewConfig
     input_size: tuple[int, int]
     images: torch.Tensor | None = None  # the unlabeled split, uint8 N x H x W x C (DeepCluster re-clusters it)
+    captions: list[str] | None = None  # the captions of ``images`` (methods with ``needs_captions``)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     epochs: int = 1
     steps_per_epoch: int = 1
@@ -51,7 +52,10 @@ class PretrainMethod:
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    requires: ClassVar[str | None] = None  # "vit": only Vision Transformer backbones
+    requires: ClassVar[str | None] = None  # "vit": only Vision Transformer backbones; "open_clip": only CLIP models
+    # True: trains on (image, caption) pairs of the split named by its ``caption_split`` parameter, not
+    # on the dataset's unlabeled split (language-image pretraining)
+    needs_captions: ClassVar[bool] = False
     trains: ClassVar[bool] = True  # False: the runner saves the initial weights (the random baseline)
     knobs: ClassVar[dict[str, str]] = {"epochs": "train.epochs", "lr": "train.lr"}
 

@@ -1,4 +1,5 @@
-"""The ``pretrain`` stage: one method x one backbone x one seed on a dataset's unlabeled split.
+"""The ``pretrain`` stage: one method x one backbone x one seed on a dataset's unlabeled split
+(language-image methods: on the captioned split their ``caption_split`` names).
 
 Writes a backbone-only model directory (weights, card, ``history.json``). Every epoch the
 history records the collapse check of the homework (std of l2-normalised embeddings of the
@@ -40,23 +41,42 @@ def is_vit(net: nn.Module) -> bool:
     return isinstance(net, VisionTransformer)
 
 
+def is_open_clip(net: nn.Module) -> bool:
+    from dlbench.models.clip import OpenClipNet
+
+    return isinstance(net, OpenClipNet)
+
+
+def training_split(cls: type, recipe: dict[str, Any], data_root: str | Path) -> tuple[torch.Tensor, list[str] | None]:
+    """The images a method trains on (the unlabeled split, or its ``caption_split``) and their captions."""
+    if not cls.needs_captions:
+        return load_tensors(data_root, recipe["dataset"], recipe["unlabeled_split"])[0], None
+    split = cls.resolve_params(recipe["params"])["caption_split"]
+    images, _, s = load_tensors(data_root, recipe["dataset"], split)
+    if s.captions is None:
+        raise ValueError(f"pretrain kind {cls.name!r} trains on captions, and {recipe['dataset']}:{split} has none "
+                         f"(params.caption_split)")
+    return images, [str(c) for c in s.captions]
+
+
 def pretrain(recipe: dict[str, Any], data_root: str | Path, out_dir: str | Path,
              checkpoint_path: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
     """Pretrain per ``recipe`` (``dlbench.plan``) and write the model directory; return its card."""
     dev = pick_device(device)
     cls = load_all().get(recipe["kind"])
-    images, _, _ = load_tensors(data_root, recipe["dataset"], recipe["unlabeled_split"])
+    images, captions = training_split(cls, recipe, data_root)
     labeled = load_labeled(data_root, recipe)
     cfg = TrainConfig.from_dict(recipe["train"], seed=int(recipe["seed"]))
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(recipe["backbone_spec"], (int(images.shape[1]), int(images.shape[2])))
-    if cls.requires == "vit" and not is_vit(backbone.net):
-        raise ValueError(f"pretrain kind {cls.name!r} needs a Vision Transformer backbone; "
+    needs = {"vit": (is_vit, "a Vision Transformer"), "open_clip": (is_open_clip, "an open_clip")}.get(cls.requires)
+    if needs and not needs[0](backbone.net):
+        raise ValueError(f"pretrain kind {cls.name!r} needs {needs[1]} backbone; "
                          f"{recipe['backbone']!r} is a {type(backbone.net).__name__}")
     n = len(images)
     setup = PretrainSetup(backbone=backbone, backbone_spec=recipe["backbone_spec"], params=dict(recipe["params"]),
                           views=ViewConfig.from_dict(recipe.get("views")), input_size=tuple(images.shape[1:3]),
-                          images=images, device=dev, epochs=cfg.epochs,
+                          images=images, captions=captions, device=dev, epochs=cfg.epochs,
                           steps_per_epoch=max(1, n // (cfg.batch_size * cfg.accumulate)), seed=cfg.seed)
     method = cls(setup)
 

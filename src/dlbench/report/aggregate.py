@@ -125,8 +125,11 @@ def history_table(results_dir: str | Path, model_ids: list[str], cards: Cards | 
         path = results / "models" / model_id / "history.json"
         if not path.exists():
             continue
+        rows = read_json(path)
+        if not rows:  # a model with no epochs (WiSE-FT's blend)
+            continue
         card = cards[model_id]
-        h = pd.DataFrame(read_json(path))
+        h = pd.DataFrame(rows)
         h.insert(0, "model_id", model_id)
         for k in PARTS:
             h[k] = card["parts"][k]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dlbench.report.sections import Section, register_section
 
-register_section(Section("clip", "Robust fine-tuning of CLIP",
-                         "Zero-shot, linear probe, fine-tuning, LP-FT, WiSE-FT, Lipsum-FT, FLYP, PEFT.", order=30))
 register_section(Section("ensembles", "Ensembles and weight averaging",
                          "Deep ensembles, FGE/SSE/StarSSE, SWA/SWAG, model soups.", order=40))
 register_section(Section("compression", "Compression", "Pruning, quantization, distillation.", order=50))

@@ -48,7 +48,7 @@ def register_section(section: Section) -> Section:
 
 def load_all() -> list[Section]:
     """Every section, in report order (importing the section modules registers them)."""
-    from dlbench.report import baseline, planned, ssl  # noqa: F401
+    from dlbench.report import baseline, clip, planned, ssl  # noqa: F401
 
     return sorted((SECTIONS.get(k) for k in SECTIONS), key=lambda s: s.order)
 
