@@ -7,6 +7,7 @@ recipe differ. Validation accuracy and loss on the val split are logged every ep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,12 @@ class SupervisedObjective:
 
     def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.model(augment(batch.images, self.aug, gen)).float()
-        loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing)
-        return loss, {"acc": (logits.detach().argmax(1) == batch.labels).float().mean()}
+        return self.classification_loss(logits, batch.labels)
+
+    def classification_loss(self, logits: torch.Tensor,
+                            labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return loss, {"acc": (logits.detach().argmax(1) == labels).float().mean()}
 
 
 def val_metrics(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -41,11 +46,16 @@ def val_metrics(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 def fit_classifier(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                    val: tuple[torch.Tensor, torch.Tensor] | None, params: dict[str, Any], *, seed: int,
                    device: torch.device, checkpoint: Path | None = None, fingerprint: str = "",
-                   hooks: tuple = ()) -> list[dict[str, float]]:
-    """Train ``model`` per ``params`` (``train``, ``augment``, ``label_smoothing``); return the history."""
+                   hooks: tuple = (),
+                   objective: Callable[..., SupervisedObjective] = SupervisedObjective) -> list[dict[str, float]]:
+    """Train ``model`` per ``params`` (``train``, ``augment``, ``label_smoothing``); return the history.
+
+    ``objective(model, aug, label_smoothing)`` builds the objective: ``SupervisedObjective`` or a
+    subclass that adds a term (Lipsum-FT's regulariser).
+    """
     cfg = TrainConfig.from_dict(params["train"], seed=seed)
-    objective = SupervisedObjective(model, AugmentConfig.from_dict(params.get("augment")),
-                                    float(params.get("label_smoothing", 0.0)))
+    objective = objective(model, AugmentConfig.from_dict(params.get("augment")),
+                          float(params.get("label_smoothing", 0.0)))
     validate = (lambda: val_metrics(model, val[0], val[1], device)) if val is not None else None
     return fit(objective, train[0], train[1], cfg, checkpoint_path=checkpoint, fingerprint=fingerprint,
                device=device, validate=validate, hooks=hooks)

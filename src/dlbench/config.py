@@ -287,6 +287,9 @@ def _check_pretrain(cfg: dict[str, Any]) -> None:
             if cls.requires == "open_clip" and spec.get("source", "timm") != "open_clip":
                 raise ConfigError(f"{where}.variants: {v!r} (kind {kind}) needs an open_clip backbone; "
                                   f"{run['backbone']!r} is {spec.get('source', 'timm')} {spec.get('model')!r}")
+            if cls.needs_weights and not spec.get("weights"):
+                raise ConfigError(f"{where}.variants: {v!r} (kind {kind}) is a released model as it is: "
+                                  f"backbones.{run['backbone']}.weights must name its weights file")
             if cls.needs_captions:
                 split = cls.resolve_params(entry.get("params"))["caption_split"]
                 _dataset_split(cfg, run["dataset"], split, f"pretrain.variants.{v}.params.caption_split")
@@ -415,6 +418,15 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
             _check_fraction(params["fraction"], f"{where}.fraction")
         for value in (variant.get("sweep") or {}).get("fraction", []):
             _check_fraction(value, f"{where}.sweep.fraction")
+        if params.get("shots") is not None:
+            _check_shots(params["shots"], f"{where}.shots")
+        for value in (variant.get("sweep") or {}).get("shots", []):
+            _check_shots(value, f"{where}.sweep.shots")
+        shots = params.get("shots") is not None or "shots" in (variant.get("sweep") or {})
+        fractions = [params.get("fraction", 1), *(variant.get("sweep") or {}).get("fraction", [])]
+        if shots and any(f is not None and f < 1 for f in fractions):
+            raise ConfigError(f"{where}: a variant trains on a fraction of the train split or on shots per class, "
+                              f"not both")
         if "pretrain" in variant:
             _check_adapt_pretrain(cfg, variant["pretrain"], f"{where}.pretrain")
         base = None
@@ -426,13 +438,17 @@ def _check_adapt(cfg: dict[str, Any]) -> None:
             base = next((b for b in variants if of == b or of.startswith(f"{b}-")), None)
             if base is None or variants[base].get("kind", base) not in kind.of:
                 raise ConfigError(f"{where}.of: {of!r} is not an adapt variant of kind {starts}")
-            if of == base and variants[base].get("sweep"):
-                raise ConfigError(f"{where}.of: {of!r} is a sweep; name one of its points (e.g. "
-                                  f"{of}-<knob><value>)")
+            # `of` a sweep: one model per point of it (dlbench.plan), e.g. WiSE-FT of every k-shot fine-tune
         elif "of" in variant and variant["of"] is not None:
             raise ConfigError(f"{where}.of: adapt kind {kind.name!r} does not start from another variant")
         if base is not None:
             _check_of_pretrain(cfg, variants, name, base)
+
+
+def _check_shots(value: Any, where: str) -> None:
+    """Images per class (adapt kinds' ``shots``): a positive integer (null: the whole train split)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: shots (labeled train images per class) must be an integer >= 1, got {value!r}")
 
 
 def _check_fraction(value: Any, where: str) -> None:

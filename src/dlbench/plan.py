@@ -34,6 +34,7 @@ class Variant:
     knobs: dict[str, Any]
     of: str | None = None
     pretrain: tuple[str, ...] | None = None  # adapt variants: the pretrain variants (base names) it runs for; None: all
+    point: dict[str, Any] = field(default_factory=dict)  # its sweep values (knob -> value), {} without a sweep
 
     def runs_for(self, pretrain_base: str) -> bool:
         return self.pretrain is None or pretrain_base in self.pretrain
@@ -65,8 +66,9 @@ def _knob_values(knobs: dict[str, str], resolved: dict[str, Any]) -> dict[str, A
     return {k: get_path(resolved, path) for k, path in knobs.items()}
 
 
-def expand(base: str, entry: dict[str, Any], kind: str, knobs: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, entry with the sweep values set) for every point of ``entry``'s sweep."""
+def expand(base: str, entry: dict[str, Any], kind: str,
+           knobs: dict[str, str]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, entry with the sweep values set, the point) for every point of ``entry``'s sweep."""
     points = sweep_points(entry.get("sweep"))
     plain = {k: v for k, v in entry.items() if k not in VARIANT_KEYS}
     out = []
@@ -74,7 +76,7 @@ def expand(base: str, entry: dict[str, Any], kind: str, knobs: dict[str, str]) -
         e = copy.deepcopy(plain)
         for knob, value in point.items():
             set_path(e, knobs[knob], value)
-        out.append((sweep_name(base, point) if point else base, e))
+        out.append((sweep_name(base, point) if point else base, e, point))
     return out
 
 
@@ -107,7 +109,7 @@ class Plan:
             entry = pretrain_variant_config(self.cfg, base)
             cls = methods.get(entry.get("kind", base))
             points = []
-            for name, e in expand(base, entry, cls.name, cls.knobs):
+            for name, e, _ in expand(base, entry, cls.name, cls.knobs):
                 train = {**pre["train"], **e.get("train", {})}
                 resolved = {"train": train, "params": cls.resolve_params(e.get("params"))}
                 points.append(Variant(name, base, cls.name, e, _knob_values(cls.knobs, resolved)))
@@ -116,17 +118,34 @@ class Plan:
 
     @cached_property
     def adapt_variants(self) -> dict[str, Variant]:
-        """Expanded adapt variants in config order (name -> variant)."""
+        """Expanded adapt variants in config order (name -> variant).
+
+        A variant whose ``of`` is a sweep gets one point per point of it, named with that point's suffix
+        and carrying its sweep values as knobs (``wiseft_shots`` of ``finetune_shots`` ->
+        ``wiseft_shots-shots1`` of ``finetune_shots-shots1``, knob ``shots`` 1, ...).
+        """
         from dlbench.adapt.base import load_all
 
-        kinds, out = load_all(), {}
-        for base, entry in ((self.cfg.get("adapt") or {}).get("variants") or {}).items():
+        kinds, variants, out = load_all(), (self.cfg.get("adapt") or {}).get("variants") or {}, {}
+        points: dict[str, list[Variant]] = {}
+        for base, entry in variants.items():
             kind = kinds.get(entry.get("kind", base))
-            for name, e in expand(base, entry, kind.name, kind.knobs):
+            restrict = tuple(entry["pretrain"]) if entry.get("pretrain") else None
+            for name, e, point in expand(base, entry, kind.name, kind.knobs):
                 params = {**copy.deepcopy(kind.defaults), **e}
-                restrict = tuple(entry["pretrain"]) if entry.get("pretrain") else None
-                out[name] = Variant(name, base, kind.name, params, _knob_values(kind.knobs, params), entry.get("of"),
-                                    restrict)
+                points.setdefault(base, []).append(Variant(name, base, kind.name, params,
+                                                           _knob_values(kind.knobs, params), entry.get("of"),
+                                                           restrict, point))
+        for base, vs in points.items():
+            for v in vs:
+                of_points = points.get(v.of, []) if v.of else []
+                if len(of_points) <= 1 and not (of_points and of_points[0].point):
+                    out[v.name] = v
+                    continue
+                for o in of_points:
+                    name = sweep_name(v.name, o.point)
+                    out[name] = replace(v, name=name, of=o.name, knobs={**v.knobs, **o.point},
+                                        point={**v.point, **o.point})
         return out
 
     @cached_property
@@ -144,7 +163,7 @@ class Plan:
         from dlbench.adapt.base import load_all
 
         entry = merge(v.entry, overrides[v.base])
-        return replace(v, entry=entry, knobs=_knob_values(load_all().get(v.kind).knobs, entry))
+        return replace(v, entry=entry, knobs={**v.knobs, **_knob_values(load_all().get(v.kind).knobs, entry)})
 
     def adapt_job(self, variant: str) -> str:
         from dlbench.adapt.base import load_all

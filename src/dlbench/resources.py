@@ -20,7 +20,8 @@ DEFAULTS = {"gpu_tflops": 20.0, "cpu_gflops": 20.0, "safety": 2.0, "min_minutes"
 TRAIN_FACTOR = 3.0  # forward + backward ~ 3 forwards
 # forward-pass equivalents per image and step of each pretraining kind (default: two trained views = 6):
 # a trained view costs 3, a momentum teacher's view 1, a local crop at half the side a quarter
-PASSES = {"random": 0.0, "rotation": 3.0, "colorization": 3.0, "inpainting": 3.0, "deepcluster": 4.0,
+PASSES = {"random": 0.0, "clip_weights": 0.0, "rotation": 3.0, "colorization": 3.0, "inpainting": 3.0,
+          "deepcluster": 4.0,
           "moco_v2": 4.0, "byol": 8.0, "swav": 7.5, "dino": 9.5, "jigsaw": 6.75, "relative_location": 1.5, "mae": 1.1,
           "clip": 4.0}  # CLIP: the image tower's 3 plus its small text tower
 

@@ -61,6 +61,7 @@ SMALL: dict[str, dict[str, dict[str, Any]]] = {
     },
     "language-image": {
         "clip": {"crop_scale": [0.8, 1.0]},
+        "clip_weights": {},
     },
     "baseline": {
         "random": {},

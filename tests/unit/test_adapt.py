@@ -346,6 +346,29 @@ def test_label_fraction_subset_is_class_balanced_deterministic_and_nested():
             label_fraction_subset(labels, bad, seed=0)
 
 
+def test_class_shots_subset_takes_k_per_class_nested_and_shares_the_fractions_permutations():
+    from dlbench.adapt.run import train_subset
+    from dlbench.data.loader import class_shots_subset, label_fraction_subset
+
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 3)[torch.randperm(153, generator=torch.Generator().manual_seed(4))]
+    for k in (1, 2, 4, 8):
+        idx = class_shots_subset(labels, k, seed=0)
+        assert torch.equal(idx, idx.sort().values)
+        assert {c: int((labels[idx] == c).sum()) for c in range(3)} == {0: k, 1: k, 2: min(k, 3)}
+        assert torch.equal(idx, class_shots_subset(labels, k, seed=0))
+    subsets = [set(class_shots_subset(labels, k, seed=2).tolist()) for k in (1, 2, 4, 8)]
+    assert all(a <= b for a, b in zip(subsets, subsets[1:]))  # nested
+    # the same permutations as the label fractions: 1 shot of class 2 is its 1-image 10% subset
+    frac = label_fraction_subset(labels, 0.01, seed=2)  # one image of each class
+    assert set(frac.tolist()) == subsets[0]
+    assert torch.equal(train_subset(labels, {**PARAMS["finetune"], "shots": 2}, seed=2),
+                       class_shots_subset(labels, 2, seed=2))
+    with pytest.raises(ValueError, match="not both"):
+        train_subset(labels, {**PARAMS["linear"], "shots": 2, "fraction": 0.5}, seed=0)
+    with pytest.raises(ValueError, match="shots must be >= 1"):
+        class_shots_subset(labels, 0, seed=0)
+
+
 def test_every_protocol_with_one_seed_and_fraction_gets_the_same_images():
     from dlbench.adapt.run import train_subset
 

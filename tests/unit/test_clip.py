@@ -3,6 +3,7 @@ the zero-shot head, CLIP pretraining, fine-tuning from the zero-shot head, WiSE-
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 from pathlib import Path
@@ -12,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from dlbench.adapt.clip import interpolate
+from dlbench.adapt.lora import LORA
+from dlbench.adapt.lipsum import LIPSUM, LipsumObjective, lipsum_regulariser, random_tokens
 from dlbench.adapt.run import adapt
 from dlbench.config import ConfigError, check
+from dlbench.data.augment import AugmentConfig
 from dlbench.data.loader import load_tensors
 from dlbench.data.shapes import build as build_shapes
 from dlbench.models.backbones import Classifier, build_backbone
@@ -23,6 +27,7 @@ from dlbench.models.inference import predict_logits
 from dlbench.models.sources import BackboneSpecError, check_spec
 from dlbench.pretrain.language_image import clip_loss
 from dlbench.pretrain.run import pretrain
+from dlbench.train.engine import Batch
 
 from .ssl_helpers import CLIP_SPEC
 
@@ -236,6 +241,17 @@ def clip_world(tmp_path_factory):
         name = f"wiseft-alpha{a:g}"
         adapt([adapt_recipe(name, "wiseft", {"alpha": a}, mid("finetune"), {"alpha": a})],
               models / mid("finetune"), data, [models / mid(name)], **quiet)
+    lip = adapt_recipe("lipsum", "lipsum", {**ft["params"], **LIPSUM}, mid("zeroshot"))
+    adapt([lip], models / mid("zeroshot"), data, [models / mid("lipsum")], **quiet)
+    adapt([adapt_recipe("wiseft_lipsum", "wiseft", {"alpha": 1.0}, mid("lipsum"), {"alpha": 1.0})],
+          models / mid("lipsum"), data, [models / mid("wiseft_lipsum")], **quiet)
+    lora = adapt_recipe("lora", "lora", {**ft["params"], **LORA, "train": {**TRAIN, "lr": 1e-2}}, mid("zeroshot"),
+                        {"rank": 8})
+    adapt([lora], models / mid("zeroshot"), data, [models / mid("lora")], **quiet)
+    adapt([adapt_recipe("flyp", "flyp", ft["params"], mid("zeroshot"))], models / mid("zeroshot"), data,
+          [models / mid("flyp")], **quiet)
+    adapt([adapt_recipe("wiseft_flyp", "wiseft", {"alpha": 0.5}, mid("flyp"), {"alpha": 0.5})],
+          models / mid("flyp"), data, [models / mid("wiseft_flyp")], **quiet)
     return {"data": data, "models": models, "pretrain_card": card}
 
 
@@ -315,6 +331,149 @@ def test_wiseft_needs_a_classifier_at_both_ends(clip_world, tmp_path):
               [tmp_path / "w"], device="cpu", log=lambda s: None)
 
 
+def test_lipsum_fine_tunes_from_the_zeroshot_head_and_logs_its_regulariser(clip_world):
+    models, data = clip_world["models"], clip_world["data"]
+    m, card = load_model(models / mid("lipsum"))
+    zs, _ = load_model(models / mid("zeroshot"))
+    assert card["kind"] == "lipsum" and card["family"] == "finetune" and card["parents"] == [mid("zeroshot")]
+    assert card["model"]["head"] == {"kind": "cosine"} and not torch.equal(m.head.weight, zs.head.weight)
+    hist = json.loads((models / mid("lipsum") / "history.json").read_text())
+    assert all(h["train_lipsum_reg"] >= 0 and "train_ce" in h for h in hist)
+    # a WiSE-FT of Lipsum-FT interpolates with the zero-shot model; α = 1 is Lipsum-FT exactly
+    w, wcard = load_model(models / mid("wiseft_lipsum"))
+    assert wcard["parents"] == [mid("zeroshot"), mid("lipsum")]
+    x, _, _ = load_tensors(data, "shapes", "test")
+    assert torch.equal(predict_logits(w, x), predict_logits(m, x))
+
+
+def test_flyp_trains_both_towers_and_its_head_is_the_zero_shot_head_of_its_text_tower(clip_world):
+    from dlbench.data.shapes import CLASSES as SHAPES, PROMPT_TEMPLATES
+
+    models, data = clip_world["models"], clip_world["data"]
+    m, card = load_model(models / mid("flyp"))
+    zs, _ = load_model(models / mid("zeroshot"))
+    assert card["kind"] == "flyp" and card["parents"] == [mid("zeroshot")]
+    changed = {n for n, v in m.state_dict().items() if not torch.equal(v, zs.state_dict()[n])}
+    assert any(n.startswith("backbone.net.clip.visual.") for n in changed)
+    assert any(n.startswith("backbone.net.clip.transformer.") for n in changed)  # the text tower trained
+    assert "backbone.net.clip.logit_scale" in changed
+    # both towers and the scale count; the head never takes a gradient step
+    assert card["trainable_params"] == sum(p.numel() for n, p in m.named_parameters() if not n.startswith("head."))
+    net = m.backbone.net
+    expected = zeroshot_weights(net, CLIP_SPEC, SHAPES, PROMPT_TEMPLATES) * float(net.logit_scale)
+    torch.testing.assert_close(m.head.weight, expected, atol=1e-5, rtol=0)
+    assert torch.equal(m.head.bias, torch.zeros(10))
+    assert all(not p.requires_grad for p in net.text_parameters())  # saved in the classifier's usual state
+    hist = json.loads((models / mid("flyp") / "history.json").read_text())
+    assert all(h["train_loss"] > 0 and "train_logit_scale" in h for h in hist)
+    w, wcard = load_model(models / mid("wiseft_flyp"))
+    assert wcard["parents"] == [mid("zeroshot"), mid("flyp")]
+    torch.testing.assert_close(w.head.weight, (zs.head.weight + m.head.weight) / 2)
+    x, _, _ = load_tensors(data, "shapes", "test")
+    assert torch.isfinite(predict_logits(w, x)).all()
+
+
+RN_SPEC = {"source": "open_clip", "config": {
+    "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
+
+
+@pytest.mark.parametrize("spec, targets", [
+    (CLIP_SPEC, ["transformer.resblocks.0.attn", "transformer.resblocks.0.mlp.c_fc", "transformer.resblocks.0.mlp.c_proj"]),
+    (RN_SPEC, ["layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3"]),  # first of 12 (4 stages x 3 convs)
+])
+def test_merged_lora_gives_the_unmerged_logits(spec, targets):
+    """Tolerance 1e-5 (float32 reassociation of W x + B A x vs (W + B A) x); LoRA starts at the base model."""
+    from dlbench.models.lora import add_lora, lora_targets, merge_lora
+
+    torch.manual_seed(0)
+    backbone = build_backbone(spec, (32, 32))
+    for name, m in backbone.named_modules():  # open_clip zero-inits each residual branch's last BN: undo it
+        if name.endswith("bn3"):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    model = Classifier(backbone, 3, CosineHead(16, 3)).eval()
+    x = torch.rand(4, 3, 32, 32)
+    base = model(x)
+    names = lora_targets(backbone.net.clip.visual)
+    assert names[:3] == targets and ".downsample." not in " ".join(names)
+    add_lora(backbone.net, {"rank": 2, "lora_alpha": 4.0, "lora_dropout": 0.0})
+    assert torch.equal(model(x), base)  # B = 0: the zero-shot model exactly
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    unmerged = model(x)
+    assert not torch.allclose(unmerged, base, atol=1e-3)
+    merge_lora(backbone.net)
+    assert not any("lora" in n for n in model.state_dict())
+    torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
+
+
+def test_lora_trains_only_its_adapters_and_the_head_and_saves_merged(clip_world):
+    from dlbench.models.lora import lora_targets
+
+    models, data = clip_world["models"], clip_world["data"]
+    m, card = load_model(models / mid("lora"))
+    zs, _ = load_model(models / mid("zeroshot"))
+    targets = lora_targets(zs.backbone.net.clip.visual)
+    (transform,) = card["model"]["transforms"]
+    assert transform == {"kind": "lora", "merged": True, "rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,
+                         "targets": targets}
+    assert card["kind"] == "lora" and card["family"] == "peft" and card["parents"] == [mid("zeroshot")]
+    # by hand: r x (in + out) per target (MHA: its in-projection 3d x d and out-projection d x d), + the head
+    d, r = 32, 8
+    expected = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d) + zs.head.weight.numel() + 10
+    assert card["trainable_params"] == expected
+    full = sum(p.numel() for n, p in zs.named_parameters() if n.startswith(("backbone.net.clip.visual.", "head.")))
+    assert card["trainable_params"] < 0.25 * full  # (this 1-block, 32-wide tower is far smaller than real ones)
+    changed = {n for n, v in m.state_dict().items() if not torch.equal(v, zs.state_dict()[n])}
+    prefix = "backbone.net.clip.visual."
+    allowed = {f"{prefix}{t}." for t in targets}
+    assert changed and all(n.startswith("head.") or any(n.startswith(a) for a in allowed) for n in changed)
+    assert any(n.startswith(prefix) for n in changed)  # the merge moved the target weights
+    x, _, _ = load_tensors(data, "shapes", "test")
+    assert torch.isfinite(predict_logits(m, x)).all()
+
+
+def test_lipsum_regulariser_equals_a_hand_computation():
+    f = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    f0 = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0]])  # M = 3
+    s = 10.0
+    # cosines by hand: f̂ = (.6, .8), (1, 0); f̂₀ = (0, 1), (.7071, .7071); t̂ = (1, 0), (0, 1), (.7071, .7071)
+    r2 = 0.5 ** 0.5
+    gaps = [[s * (0.6 - 0), s * (0.8 - 1), s * ((0.6 + 0.8) * r2 - r2)],
+            [s * (1 - r2), s * (0 - r2), s * (r2 - 1)]]
+    expected = sum(sum(g * g for g in row) / (2 * 3) for row in gaps) / 2
+    assert float(lipsum_regulariser(f, f0, t, s)) == pytest.approx(expected, rel=1e-6)
+    assert float(lipsum_regulariser(f, f, t, s)) == 0.0
+
+
+def test_lipsum_random_texts_sit_between_start_and_end_tokens_and_follow_the_generator():
+    a = random_tokens(torch.Generator().manual_seed(3), 80, 8, 49406, 49407, 16)
+    b = random_tokens(torch.Generator().manual_seed(3), 80, 8, 49406, 49407, 16)
+    assert a.shape == (80, 16) and torch.equal(a, b)
+    assert (a[:, 0] == 49406).all() and (a[:, 9] == 49407).all() and (a[:, 10:] == 0).all()
+    assert (a[:, 1:9] < 49406).all() and a[:, 1:9].unique().numel() > 500
+    with pytest.raises(ValueError, match="context length of at least 10"):
+        random_tokens(torch.Generator(), 4, 8, 49406, 49407, 9)
+
+
+def test_lipsum_regulariser_is_zero_at_initialisation():
+    """Fine-tuned tower = zero-shot tower (a ViT: no batch statistics): R = 0 and the loss is the CE."""
+    backbone = clip_backbone()
+    model = Classifier(backbone, 3, CosineHead(16, 3))
+    objective = LipsumObjective(model, AugmentConfig.from_dict({}), 0.0, reference=copy.deepcopy(backbone),
+                                tokens={"sot": 49406, "eot": 49407}, weight=1.0, texts=80, text_length=8)
+    batch = Batch(images=torch.rand(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0]), indices=torch.arange(4))
+    loss, stats = objective.training_loss(batch, torch.Generator().manual_seed(0))
+    assert float(stats["lipsum_reg"]) == 0.0 and torch.equal(loss, stats["ce"])
+    objective.model.backbone.net.clip.visual.proj.data.mul_(1.5).add_(0.1)  # moved: R > 0
+    _, stats = objective.training_loss(batch, torch.Generator().manual_seed(0))
+    assert float(stats["lipsum_reg"]) > 0
+
+
 # ---- config ---------------------------------------------------------------------------------------
 
 def clip_config(repo_root: Path) -> dict:
@@ -325,6 +484,32 @@ def clip_config(repo_root: Path) -> dict:
     cfg["pretrain"]["runs"].append({"dataset": "shapes", "backbone": "clip_t", "variants": ["clip"]})
     cfg["adapt"]["variants"]["zeroshot"] = {"pretrain": ["clip"]}
     return cfg
+
+
+def test_a_variant_of_a_sweep_makes_one_model_per_point_with_its_knobs(repo_root):
+    """WiSE-FT α = .5 of every k-shot fine-tune: ``of`` names the sweep, the plan pairs the points."""
+    from dlbench.plan import Plan
+
+    cfg = clip_config(repo_root)
+    cfg["adapt"]["variants"]["ft_shots"] = {"kind": "finetune", "of": "zeroshot", "pretrain": ["clip"],
+                                            "train": {"epochs": 1, "batch_size": 10}, "sweep": {"shots": [1, 4]}}
+    cfg["adapt"]["variants"]["wise_shots"] = {"kind": "wiseft", "of": "ft_shots", "alpha": 0.5, "pretrain": ["clip"]}
+    plan = Plan(check(cfg))
+    wise = {k: e for k, e in plan.entries.items() if "/wise_shots" in k}
+    assert sorted({k.split("/")[3] for k in wise}) == ["wise_shots-shots1", "wise_shots-shots4"]
+    e = wise["shapes/clip_t/clip/wise_shots-shots4/none/none/seed0"]
+    assert e.source == "shapes/clip_t/clip/ft_shots-shots4/none/none/seed0"
+    assert e.recipe["knobs"] == {"alpha": 0.5, "shots": 4}
+    ft = plan.entries["shapes/clip_t/clip/ft_shots-shots1/none/none/seed0"]
+    assert ft.recipe["params"]["shots"] == 1 and ft.source.split("/")[3] == "zeroshot"
+    for bad, match in (({"shots": 0}, r"adapt\.variants\.ft_shots\.shots: shots .* integer >= 1, got 0"),
+                       ({"sweep": {"shots": [2, 1.5]}}, r"ft_shots\.sweep\.shots: .* got 1\.5"),
+                       ({"fraction": 0.5}, r"adapt\.variants\.ft_shots: a variant trains on a fraction .* not both")):
+        c = clip_config(repo_root)
+        c["adapt"]["variants"]["ft_shots"] = {"kind": "finetune", "of": "zeroshot", "pretrain": ["clip"],
+                                              "train": {"epochs": 1}, "sweep": {"shots": [1]}, **bad}
+        with pytest.raises(ConfigError, match=match):
+            check(c)
 
 
 def test_clip_config_checks(repo_root):

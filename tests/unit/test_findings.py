@@ -21,7 +21,8 @@ R, V = "resnet10n", "vit_t"
 SSL_CLAIMS = ["ssl.probe_beats_random", "ssl.finetune_beats_supervised", "ssl.lpft_ood_at_least_finetune",
               "ssl.no_collapse", "ssl.mae_beats_random_vit"]
 # registered by findings/clip.py (tested in test_clip_findings.py); not testable on these SSL-only tables
-CLIP_CLAIMS = ["clip.zeroshot_effective_robustness", "clip.wiseft_beats_both_ends", "clip.lpft_ood_at_least_ft"]
+CLIP_CLAIMS = ["clip.zeroshot_effective_robustness", "clip.wiseft_beats_both_ends", "clip.lpft_ood_at_least_ft",
+               "clip.lipsum_ood_at_least_ft", "clip.flyp_ood_at_least_ft", "clip.lora_close_to_ft"]
 FT_OOD = dict(corr=(0.40,), style=0.30)  # OOD .35 (mean of the corruption and style kinds)
 LPFT_OOD = dict(corr=(0.45,), style=0.35)  # OOD .40
 
@@ -323,7 +324,7 @@ def test_report_shows_summary_line_and_ssl_findings(tmp_path):
     write_report(root, tmp_path / "fig", tmp_path / "none.yaml", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     top = page.split("<h2 ")[0]
-    assert "Findings: 0 of 8 hold (4 not testable in this config)" in top  # 3 CLIP claims: no CLIP models
+    assert "Findings: 0 of 11 hold (7 not testable in this config)" in top  # 6 CLIP claims: no CLIP models
     assert "<a href='#ssl'>Self-supervised pretraining</a>: 0 of 5 hold" in top
     sec = section_html(page, "ssl")
     box = sec.split("<table class='findings'>")[1].split("</table>")[0]
@@ -339,7 +340,7 @@ def test_report_shows_summary_line_and_ssl_findings(tmp_path):
     write_findings(root, root / "findings.parquet")
     write_report(root, tmp_path / "fig", tmp_path / "none.yaml", tmp_path / "r2.html")
     page = (tmp_path / "r2.html").read_text()
-    assert "Findings: 5 of 8 hold (3 not testable in this config)" in page
+    assert "Findings: 5 of 11 hold (6 not testable in this config)" in page
     assert section_html(page, "ssl").count("✓ holds") == 5
 
 

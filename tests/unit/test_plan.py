@@ -80,7 +80,7 @@ def test_smoke_plan_ids_and_jobs(smoke):
 def test_a_sweep_makes_one_variant_per_value_with_its_knob(smoke):
     a, b = (smoke.adapt_variants[f"finetune-lr{v}"] for v in ("0.001", "0.002"))
     assert (a.kind, a.base, b.base) == ("finetune", "finetune", "finetune")
-    assert a.knobs == {"lr": 0.001, "epochs": 1, "weight_decay": 0.05, "fraction": 1.0} and b.knobs["lr"] == 0.002
+    assert a.knobs == {"lr": 0.001, "epochs": 1, "weight_decay": 0.05, "fraction": 1.0, "shots": None} and b.knobs["lr"] == 0.002
     assert a.entry["train"] == {**b.entry["train"], "lr": 0.001}  # they differ only in lr
     ra = smoke.recipe("shapes/tiny/simclr/finetune-lr0.001/none/none/seed0")
     rb = smoke.recipe("shapes/tiny/simclr/finetune-lr0.002/none/none/seed0")
@@ -227,10 +227,10 @@ def test_pretrain_list_restricts_an_adapt_variant_to_those_methods(smoke):
     assert set(plan.ids(stage="adapt")) - frac == smoke_rest  # the rest is unchanged
     # recipes: `pretrain` is not a parameter; the fraction is a parameter and a knob
     r = plan.recipe("shapes/tiny/simclr/lin_frac-fraction0.01/none/none/seed0")
-    assert r["params"]["fraction"] == 0.01 and r["knobs"] == {"fraction": 0.01} and "pretrain" not in r["params"]
+    assert r["params"]["fraction"] == 0.01 and r["knobs"] == {"fraction": 0.01, "shots": None} and "pretrain" not in r["params"]
     assert plan.adapt_variants["ft_1pct"].pretrain == ("simclr", "mae")
     assert plan.recipe("shapes/tiny/simclr/ft_1pct/none/none/seed0")["knobs"]["fraction"] == 0.01
-    assert plan.recipe("shapes/tiny/byol/linear/none/none/seed0")["knobs"] == {"fraction": 1.0}
+    assert plan.recipe("shapes/tiny/byol/linear/none/none/seed0")["knobs"] == {"fraction": 1.0, "shots": None}
     # frozen jobs: one per pretrained model with exactly its frozen variants, one rule per distinct set
     assert plan.frozen_variants_of("simclr") == ["linear", "knn", "lin_frac-fraction0.01", "lin_frac-fraction0.1"]
     assert plan.frozen_variants_of("byol") == ["linear", "knn"]

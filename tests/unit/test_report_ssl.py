@@ -33,7 +33,7 @@ METHODS_15 = ["random", "rotation", "jigsaw", "colorization", "inpainting", "rel
               "swav", "deepcluster", "byol", "simsiam", "barlow_twins", "vicreg", "dino"]
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 METRICS_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
-                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "fraction", "lr", "split", "shift",
+                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "fraction", "lr", "shots", "split", "shift",
                    "corruption", "severity", "acc", "ece", "nll", "brier", "n", "num_classes", "params",
                    "trainable_params", "nonzero_params", "size_bytes", "latency_ms", "latency_device", "train_seconds"]
 
@@ -66,11 +66,12 @@ def lineage(pretrain: str, adapt: str, dataset: str, backbone: str, seed: int, e
 
 def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[float, ...] = (),
            style: float | None = None, dataset: str = "shapes", backbone: str = "resnet10n",
-           ensemble: str = "none", lr: float | None = None, fraction: float | None = None) -> list[dict]:
+           ensemble: str = "none", lr: float | None = None, fraction: float | None = None,
+           shots: int | None = None) -> list[dict]:
     """Rows of metrics.parquet for one model: one ID split, corruption splits, an optional style split."""
     base = dict(model_id=model_id(dataset, backbone, pretrain, adapt, seed, ensemble), dataset=dataset,
                 backbone=backbone, pretrain=pretrain, adapt=adapt, ensemble=ensemble, compress="none", seed=seed,
-                **lineage(pretrain, adapt, dataset, backbone, seed, ensemble), fraction=fraction, lr=lr, ece=0.1,
+                **lineage(pretrain, adapt, dataset, backbone, seed, ensemble), fraction=fraction, lr=lr, shots=shots, ece=0.1,
                 nll=1.0, brier=0.3,
                 n=100, num_classes=len(CLASSES), params=1000, trainable_params=1000, nonzero_params=1000, size_bytes=4000, latency_ms=1.0,
                 latency_device="cpu", train_seconds=10.0)
@@ -86,7 +87,8 @@ def _model(pretrain: str, adapt: str, seed: int, id_acc: float, corr: tuple[floa
 def frame(rows: list[dict]) -> pd.DataFrame:
     """metrics.parquet from rows, with the aggregate step's column order and nullable dtypes."""
     df = pd.DataFrame(rows)[METRICS_COLUMNS]
-    return df.astype({"severity": "Int64", "lr": "Float64", "fraction": "Float64", "trainable_params": "Int64",
+    return df.astype({"severity": "Int64", "lr": "Float64", "fraction": "Float64", "shots": "Int64",
+                      "trainable_params": "Int64",
                       "num_classes": "Int64"})
 
 
@@ -110,6 +112,8 @@ def make_metrics(with_ssl: bool = True) -> pd.DataFrame:
         rows += _model("byol", "knn", 0, 0.55, (0.25, 0.35), 0.3)
         rows += _model("simclr", "linear", 0, 0.99, (0.99,), 0.99, ensemble="deep")  # ensembles: own section
         rows += _model("clip", "linear", 0, 0.97, (0.9,), 0.9)  # language-image pretraining: the CLIP section's
+        for k in (1, 4):  # ... and its data-efficiency figure's
+            rows += _model("clip", f"linear-shots{k}", 0, 0.5 + 0.1 * k, (0.4,), 0.4, shots=k)
         # a ViT with MAE and its own random baseline, one seed, no OOD splits
         rows += _model("mae", "linear", 0, 0.45, backbone="vit_t")
         rows += _model("random", "linear", 0, 0.30, backbone="vit_t")

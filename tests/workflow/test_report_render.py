@@ -21,5 +21,5 @@ def test_report_figures_decode_in_chromium(smoke_repo, first_run, tmp_path):
                           cwd=smoke_repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     widths = proc.stdout.split("widths in px:")[1].splitlines()[0].strip().split(",")
-    assert len(widths) == 8 and all(int(w) > 100 for w in widths)
+    assert len(widths) == 9 and all(int(w) > 100 for w in widths)
     assert shot.stat().st_size > 10_000

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.workflow
 
 METRIC_COLUMNS = ["model_id", "dataset", "backbone", "pretrain", "adapt", "ensemble", "compress", "seed", "kind",
                   "family", "stage", "parents", "pretrain_kind", "pretrain_family", "alpha", "epochs", "fraction",
-                  "head_temperature", "k", "lr", "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
+                  "head_temperature", "k", "lr", "shots", "temperature", "weight_decay", "split", "shift", "corruption", "severity", "acc", "ece", "nll", "brier", "n",
                   "num_classes", "params", "trainable_params", "nonzero_params", "size_bytes", "latency_ms",
                   "latency_device", "train_seconds"]
 METRIC_VALUES = ["model_id", "split", "acc", "ece", "nll", "brier"]
@@ -72,7 +72,7 @@ def test_outputs_follow_the_contracts(smoke_repo, first_run):
     knn_params = m.loc[m["kind"] == "knn", "params"].iloc[0]
     assert knn_params > m.loc[m["kind"] == "linear", "params"].iloc[0]  # the kNN bank is part of the model
     report = (smoke_repo / "results/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 8 and "Supervised baseline" in report
+    assert report.count("data:image/png;base64,") == 9 and "Supervised baseline" in report
     for log in ("shapes", "digits"):
         assert "built" in (smoke_repo / f"results/logs/dataset/{log}.log").read_text()
     card = json.loads((smoke_repo / f"results/models/{MODEL}/model.json").read_text())
@@ -319,3 +319,22 @@ def test_results_are_namespaced_per_config(smoke_repo, first_run):
     assert cfg["results_dir"] != "results"
     out = snakemake(smoke_repo, "--dry-run", config="configs/stl10.yaml").stdout
     assert f"{cfg['results_dir']}/report.html" in out and " results/report.html" not in out
+
+
+@pytest.mark.parametrize("name", ["configs/clip_cifar10.yaml", "configs/clip_domainnet.yaml"])
+def test_real_clip_configs_dry_run(smoke_repo, name):
+    """Seminar 1 and homework 1 on real weights and data: the DAG plans (datasets are DVC stages, the
+    weights a local file that config checking needs in place)."""
+    cfg = yaml.safe_load((smoke_repo / name).read_text())
+    (weights,) = {b["weights"] for b in cfg["backbones"].values()}
+    path = smoke_repo / weights
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    try:
+        out = snakemake(smoke_repo, "--dry-run", config=name).stdout
+    finally:
+        path.unlink()
+    assert f"{cfg['results_dir']}/report.html" in out
+    for rule in ("pretrain", "adapt", "evaluate", "findings"):
+        assert f"rule {rule}" in out or f"localrule {rule}" in out, rule
+    assert "wiseft-alpha0.5" in out and "zeroshot" in out

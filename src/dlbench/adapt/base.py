@@ -13,8 +13,9 @@ fine-tune): that model is the job's input and its parent in the lineage. ``of`` 
 may start from; with ``of_optional`` a variant may also start from the pretrained backbone (a CLIP
 fine-tune starts from the zero-shot model, a ResNet fine-tune from the backbone).
 
-A kind with the ``fraction`` parameter (``FRACTION``: linear, knn, finetune, lpft) trains on a
-class-balanced fraction of the labeled train split (label efficiency): the stage picks the subset
+A kind with the ``fraction`` and ``shots`` parameters (``FRACTION``: linear, knn, finetune, lpft,
+lipsum) trains on a class-balanced fraction of the labeled train split (label efficiency), or on
+``shots`` images per class (``dlbench.data.loader.class_shots_subset``; CLIP's data-efficiency curve): the stage picks the subset
 (``dlbench.data.loader.label_fraction_subset``, the same images for every method and protocol of one
 seed) and sets ``AdaptContext.train_index``; a kind reads its images through ``ctx.train_x``,
 ``ctx.train_y`` and ``ctx.frozen_features()``. Val is never subsampled.
@@ -35,8 +36,8 @@ from dlbench.registry import Registry
 from dlbench.stage import Labeled
 
 JOBS = ("frozen", "train")
-FRACTION = {"fraction": 1.0}  # the parameter (default: the whole train split) ...
-FRACTION_KNOB = {"fraction": "fraction"}  # ... and its knob (a metrics column; sweepable)
+FRACTION = {"fraction": 1.0, "shots": None}  # the parameters (default: the whole train split) ...
+FRACTION_KNOB = {"fraction": "fraction", "shots": "shots"}  # ... and their knobs (metrics columns; sweepable)
 
 
 @dataclass

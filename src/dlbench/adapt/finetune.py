@@ -13,13 +13,14 @@ needs more epochs for the same number of steps; validation still runs on the who
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from dlbench.adapt.base import FRACTION, FRACTION_KNOB, AdaptContext, register_kind
 from dlbench.cards import trainable_count
-from dlbench.classify import fit_classifier
+from dlbench.classify import SupervisedObjective, fit_classifier
 from dlbench.models.backbones import Classifier
 
 TRAINED = {"train": None, "augment": {}, "label_smoothing": 0.0, **FRACTION}
@@ -27,9 +28,11 @@ TRAINED_KNOBS = {"lr": "train.lr", "epochs": "train.epochs", "weight_decay": "tr
                  **FRACTION_KNOB}
 
 
-def train(ctx: AdaptContext, model: Classifier, params: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
+def train(ctx: AdaptContext, model: Classifier, params: dict[str, Any],
+          objective: Callable[..., SupervisedObjective] = SupervisedObjective) -> tuple[Classifier, dict[str, Any]]:
     history = fit_classifier(model, (ctx.train_x, ctx.train_y), (ctx.data.val_x, ctx.data.val_y), params,
-                             seed=ctx.seed, device=ctx.device, checkpoint=ctx.checkpoint, fingerprint=ctx.fingerprint)
+                             seed=ctx.seed, device=ctx.device, checkpoint=ctx.checkpoint, fingerprint=ctx.fingerprint,
+                             objective=objective)
     return model, {"history": history, "trainable_params": trainable_count(model)}
 
 

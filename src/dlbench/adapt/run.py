@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dlbench.adapt.base import AdaptContext, load_all
-from dlbench.data.loader import label_fraction_subset
+from dlbench.data.loader import class_shots_subset, label_fraction_subset
 from dlbench.device import pick_device
 from dlbench.ids import NONE, ModelId
 from dlbench.models.checkpoint import load_backbone, load_model
@@ -27,9 +27,14 @@ from dlbench.train.engine import remove_checkpoint
 
 
 def train_subset(labels: torch.Tensor, params: dict[str, Any], seed: int) -> torch.Tensor | None:
-    """Indices of a variant's labeled train images: its ``fraction`` (``label_fraction_subset``, seeded by
-    the model seed), or None for the whole split (fraction 1, or a kind without the parameter)."""
-    fraction = params.get("fraction")
+    """Indices of a variant's labeled train images: its ``shots`` per class (``class_shots_subset``) or its
+    ``fraction`` (``label_fraction_subset``), seeded by the model seed; None for the whole split
+    (fraction 1 and no shots, or a kind without the parameters)."""
+    fraction, shots = params.get("fraction"), params.get("shots")
+    if shots is not None:
+        if fraction is not None and float(fraction) < 1:
+            raise ValueError(f"a variant trains on a fraction ({fraction}) or on shots per class ({shots}), not both")
+        return class_shots_subset(labels, int(shots), seed)
     if fraction is None or float(fraction) >= 1:
         return None
     return label_fraction_subset(labels, float(fraction), seed)
@@ -97,7 +102,8 @@ def adapt(recipes: list[dict[str, Any]], source_dir: str | Path, data_root: str 
         cards.append(write_model(out, model, recipe=recipe, kind=kind.name, family=kind.family, stage="adapt",
                                  classes=data.classes, parents=[*info.pop("ancestors", []), parent],
                                  history=history, train_seconds=seconds,
-                                 trainable_params=info.pop("trainable_params", None), info=info))
+                                 trainable_params=info.pop("trainable_params", None),
+                                 transforms=info.pop("transforms", None), info=info))
         remove_checkpoint(ckpt)
         log(f"  {recipe['variant']}: {seconds:.1f}s")
     return cards

@@ -63,6 +63,26 @@ def label_fraction_subset(labels: torch.Tensor, fraction: float, seed: int) -> t
     return torch.cat(parts).sort().values
 
 
+def class_shots_subset(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``shots`` images per class (all of a class with fewer; data efficiency, k-shot).
+
+    The same per-class permutations as ``label_fraction_subset`` (one generator seeded with
+    ``LABEL_FRACTION_SEED + seed``, classes in ascending order): the k-shot subsets of one seed are
+    nested (1 in 2 in 4 ...), and every method and protocol with the same seed and shots trains on
+    the same images.
+    """
+    shots = int(shots)
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    gen = torch.Generator().manual_seed(LABEL_FRACTION_SEED + int(seed))
+    parts = []
+    for c in torch.unique(labels).tolist():  # sorted
+        members = torch.nonzero(labels == c).flatten()
+        order = torch.randperm(len(members), generator=gen)
+        parts.append(members[order[:shots]])
+    return torch.cat(parts).sort().values if parts else torch.zeros(0, dtype=torch.long)
+
+
 def labeled_splits(data_root: str | Path, dataset: str, train_split: str, val_split: str | None,
                    val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, labels, val images, labels); without a val split (STL-10), a class-balanced

@@ -47,6 +47,6 @@ def register_dataset(name: str, *, offline: bool, description: str, splits: dict
 
 def load_all() -> Registry[DatasetSpec]:
     """Import every builder module so that its registrations run."""
-    from dlbench.data import digits, real, shapes  # noqa: F401
+    from dlbench.data import digits, domainnet, real, shapes  # noqa: F401
 
     return DATASETS

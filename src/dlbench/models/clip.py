@@ -104,6 +104,14 @@ def zeroshot_weights(net: OpenClipNet, spec: dict[str, Any], classes: Sequence[s
     return torch.stack(out)
 
 
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the batch: image i's text is text i, and the other way round
+    (pretraining on captions; FLYP on class prompts, where same-class pairs are negatives as in the paper)."""
+    logits = scale * F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 class CosineHead(nn.Linear):
     """``Linear(normalize(features))``: the head of a CLIP classifier (wise-ft's ``ClassificationHead``).
 

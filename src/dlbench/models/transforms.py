@@ -18,6 +18,8 @@ from dlbench.registry import Registry
 
 Transform = Callable[[nn.Module, dict[str, Any]], nn.Module]  # (model, spec) -> transformed model
 TRANSFORMS: Registry[Transform] = Registry("model transform")
+# the module that registers each transform kind, imported on first use (peft's import is slow)
+MODULES = {"lora": "dlbench.models.lora"}
 
 
 def register_transform(kind: str) -> Callable[[Transform], Transform]:
@@ -26,6 +28,10 @@ def register_transform(kind: str) -> Callable[[Transform], Transform]:
 
 def apply_transforms(model: nn.Module, specs: list[dict[str, Any]]) -> nn.Module:
     """Replay recorded transforms in order (each spec: ``{"kind": ..., **params}``)."""
+    import importlib
+
     for spec in specs or []:
+        if spec["kind"] not in TRANSFORMS and spec["kind"] in MODULES:
+            importlib.import_module(MODULES[spec["kind"]])
         model = TRANSFORMS.get(spec["kind"])(model, spec)
     return model

@@ -57,6 +57,7 @@ class PretrainMethod:
     # on the dataset's unlabeled split (language-image pretraining)
     needs_captions: ClassVar[bool] = False
     trains: ClassVar[bool] = True  # False: the runner saves the initial weights (the random baseline)
+    needs_weights: ClassVar[bool] = False  # True: the backbone spec must name a ``weights`` file (released models)
     knobs: ClassVar[dict[str, str]] = {"epochs": "train.epochs", "lr": "train.lr"}
 
     def __init__(self, setup: PretrainSetup) -> None:

@@ -11,20 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from dlbench.data.augment import AugmentConfig, augment
-from dlbench.models.clip import OpenClipNet, tokenize
+from dlbench.models.clip import OpenClipNet, clip_loss, tokenize
 from dlbench.pretrain.base import PretrainMethod, PretrainSetup, register_method
 from dlbench.pretrain.views import ViewConfig
 from dlbench.train.engine import Batch
-
-
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch: image i's caption is text i, and the other way round."""
-    logits = scale * F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @register_method("clip", family="language-image")
@@ -63,3 +55,23 @@ class CLIP(PretrainMethod):
         scale = self.net.logit_scale
         loss = clip_loss(self.backbone(images), self.net.encode_text(tokens), scale)
         return loss, {"logit_scale": scale.detach()}
+
+
+@register_method("clip_weights", family="language-image")
+class ClipWeights(PretrainMethod):
+    """A released CLIP (OpenAI, LAION) as it is: the backbone's ``weights`` file, no training.
+
+    The real-weights path of the section (``configs/clip_cifar10.yaml``, ``configs/clip_domainnet.yaml``):
+    the backbone spec names an open_clip model and a local weights file (no hub access at run time),
+    and this kind writes it as the pretrained model every adaptation starts from, so the lineage reads
+    ``<weights> -> zeroshot -> finetune -> wiseft`` like the offline tiny CLIP's. Config checking
+    requires the ``weights`` key.
+    """
+
+    requires: ClassVar[str | None] = "open_clip"
+    needs_weights: ClassVar[bool] = True
+    trains: ClassVar[bool] = False
+    knobs: ClassVar[dict[str, str]] = {}
+
+    def training_loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise RuntimeError("clip_weights is not trained: it is the released model")

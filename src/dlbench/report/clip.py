@@ -22,8 +22,9 @@ from dlbench.report.tables import is_plain, mean_std
 
 FAMILY = "language-image"
 ID_TRAINED_KINDS = ("supervised", "finetune", "lpft")  # the effective-robustness baseline's models
-CLIP_KINDS = ("zeroshot", "linear", "finetune", "lpft", "wiseft")  # display order; others follow
+CLIP_KINDS = ("zeroshot", "linear", "finetune", "lpft", "lipsum", "flyp", "lora", "wiseft")  # display order; others follow
 LABELS = {"zeroshot": "zero-shot", "linear": "linear probe", "finetune": "fine-tune", "lpft": "LP-FT",
+          "lipsum": "Lipsum-FT", "flyp": "FLYP", "lora": "LoRA",
           "wiseft": "WiSE-FT"}
 CLIP_EPS = 1e-4  # accuracies are clipped to [eps, 1 - eps] before the logit
 
@@ -40,7 +41,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def per_model_shift(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, OOD shift kind): lineage columns, ``id_acc``, ``ood_acc``."""
     keys = [c for c in ("dataset", "backbone", "pretrain", "adapt", "seed", "kind", "family", "pretrain_family",
-                        "alpha", "fraction", "parents") if c in metrics]
+                        "alpha", "fraction", "shots", "parents") if c in metrics]
     if metrics.empty or "shift" not in metrics:
         return pd.DataFrame(columns=["model_id", *keys, "shift", "id_acc", "ood_acc"])
     base = metrics.groupby("model_id", sort=False)[keys].first()
@@ -50,18 +51,39 @@ def per_model_shift(metrics: pd.DataFrame) -> pd.DataFrame:
     return out[["model_id", *keys, "shift", "id_acc", "ood_acc"]]
 
 
-def _full_labels(df: pd.DataFrame) -> pd.Series:
-    if "fraction" not in df:
-        return pd.Series(True, index=df.index)
-    frac = pd.to_numeric(df["fraction"], errors="coerce").astype("float64")
-    return (frac.isna() | (frac >= 1)).to_numpy()
+def shots_of(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``shots`` knob (labeled images per class; NaN: the whole train split)."""
+    if "shots" not in df:
+        return pd.Series(np.nan, index=df.index, dtype="float64")
+    return pd.to_numeric(df["shots"], errors="coerce").astype("float64")
 
 
-def clip_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The CLIP models' rows of metrics.parquet (single models)."""
+def _full_labels(df: pd.DataFrame) -> np.ndarray:
+    """Trained on the whole labeled train split: no ``fraction`` below 1 and no ``shots``."""
+    full = shots_of(df).isna().to_numpy()
+    if "fraction" in df:
+        frac = pd.to_numeric(df["fraction"], errors="coerce").astype("float64")
+        full = full & (frac.isna() | (frac >= 1)).to_numpy()
+    return full
+
+
+def _clip_models(metrics: pd.DataFrame) -> pd.DataFrame:
     if metrics.empty or "pretrain_family" not in metrics:
         return metrics.iloc[0:0]
     return metrics[is_plain(metrics) & (metrics["pretrain_family"] == FAMILY)]
+
+
+def clip_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The CLIP models' rows of metrics.parquet (single models trained on the whole train split; the
+    k-shot variants are the data-efficiency figure's, ``shots_rows``)."""
+    m = _clip_models(metrics)
+    return m[_full_labels(m)]
+
+
+def shots_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The CLIP models with a ``shots`` knob (data efficiency)."""
+    m = _clip_models(metrics)
+    return m[shots_of(m).notna().to_numpy()]
 
 
 def baseline_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -152,7 +174,7 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
     return points.loc[keep].sort_values("id_mean")
 
 
-MARKERS = {"zeroshot": "*", "linear": "s", "finetune": "o", "lpft": "D"}
+MARKERS = {"zeroshot": "*", "linear": "s", "finetune": "o", "lpft": "D", "lipsum": "P", "flyp": "X", "lora": "v"}
 
 
 def id_vs_ood(tables: Tables, path: Path) -> None:
@@ -208,6 +230,105 @@ def id_vs_ood(tables: Tables, path: Path) -> None:
     save(fig, path)
 
 
+# ---- data efficiency (homework 1 bonus) -------------------------------------------------------------
+
+EFFICIENCY_KINDS = ("linear", "finetune", "wiseft")  # the k-shot protocols; zero-shot is flat
+
+
+def _first_parent(parents: object) -> str | None:
+    ps = list(parents) if parents is not None and not isinstance(parents, float) else []
+    return str(ps[0]).split("/")[3] if ps else None
+
+
+def _last_parent(parents: object) -> str | None:
+    ps = list(parents) if parents is not None and not isinstance(parents, float) else []
+    return str(ps[-1]).split("/")[3] if ps else None
+
+
+def efficiency_points(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, backbone, pretrain, protocol, shots, split kind): mean and std over seeds of the accuracy,
+    ``shots`` NaN for the whole train split. Protocols: the k-shot variants' kinds; their "all" point is the
+    full-label variant of the same lineage (the linear probe named ``linear``; the fine-tune from the zero-shot
+    head; WiSE-FT at α = 0.5 of that fine-tune); zero-shot appears once (no labels)."""
+    cols = ["dataset", "backbone", "pretrain", "protocol", "shots", "shift", "acc_mean", "acc_std", "seeds"]
+    k = per_model_shift(shots_rows(metrics))
+    if k.empty:
+        return pd.DataFrame(columns=cols)
+    full = per_model_shift(clip_rows(metrics))
+    zs = set(full.loc[full["kind"] == "zeroshot", "adapt"])
+    ft_all = set(full.loc[(full["kind"] == "finetune") & full["parents"].map(_first_parent).isin(zs), "adapt"])
+    alpha = pd.to_numeric(full["alpha"], errors="coerce") if "alpha" in full else pd.Series(np.nan, index=full.index)
+    pick = {"zeroshot": full["kind"] == "zeroshot",
+            "linear": (full["kind"] == "linear") & (full["adapt"] == "linear"),
+            "finetune": full["adapt"].isin(ft_all),
+            "wiseft": (full["kind"] == "wiseft") & (alpha == 0.5) & full["parents"].map(_last_parent).isin(ft_all)}
+    parts = [k[k["kind"].isin(EFFICIENCY_KINDS)].assign(protocol=lambda d: d["kind"])]
+    for proto, mask in pick.items():
+        if proto == "zeroshot" or proto in set(parts[0]["protocol"]):
+            parts.append(full[mask.to_numpy()].assign(protocol=proto, shots=np.nan))
+    rows = pd.concat(parts, ignore_index=True)
+    rows["shots"] = pd.to_numeric(rows["shots"], errors="coerce").astype("float64")
+    long = pd.concat([rows.assign(shift="id", acc=rows["id_acc"]).drop_duplicates(["model_id"]),
+                      rows.assign(acc=rows["ood_acc"])], ignore_index=True)
+    g = long.groupby(["dataset", "backbone", "pretrain", "protocol", "shots", "shift"], dropna=False)
+    out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), seeds=("seed", "nunique")).reset_index()
+    return out[cols]
+
+
+def data_efficiency(tables: Tables, path: Path) -> None:
+    """Accuracy against labeled images per class (log axis), one panel per (dataset, split kind)."""
+    import matplotlib.pyplot as plt
+
+    pts = efficiency_points(tables["metrics"])
+    if pts.empty:
+        return placeholder(path, "no k-shot CLIP variants (adapt knob shots) in this config")
+    panels = list(pts.groupby(["dataset", "shift"], sort=False).groups)
+    panels.sort(key=lambda p: (p[0], p[1] != "id", p[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    for ax, (dataset, shift) in zip(axes[0], panels):
+        d = pts[(pts["dataset"] == dataset) & (pts["shift"] == shift)]
+        kmax = d["shots"].max()
+        x_all = 2 * kmax  # the whole train split, drawn one octave right of the largest k
+        for proto in EFFICIENCY_KINDS:
+            c = d[d["protocol"] == proto].assign(x=lambda t: t["shots"].fillna(x_all)).sort_values("x")
+            if len(c):
+                ax.errorbar(c["x"], c["acc_mean"], yerr=c["acc_std"].fillna(0), marker="o", ms=4, capsize=2,
+                            label=LABELS[proto] + (" (α = 0.5)" if proto == "wiseft" else ""))
+        z = d[d["protocol"] == "zeroshot"]
+        if len(z):
+            ax.axhline(float(z["acc_mean"].iloc[0]), c="black", ls="--", lw=1, label="zero-shot (no labels)")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(d["shots"].dropna().unique())
+        ax.set_xticks([*ticks, x_all], [*(f"{t:g}" for t in ticks), "all"])
+        ax.set_xlabel("labeled train images per class (log scale)")
+        ax.set_ylabel(f"{'ID test' if shift == 'id' else shift} accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{dataset}: {'in distribution' if shift == 'id' else shift + ' shift'}")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Data efficiency of CLIP adaptation (means ± std over seeds)", y=1.02)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def efficiency_table(pts: pd.DataFrame) -> pd.DataFrame:
+    """Protocol x shots rows, one accuracy column per split kind (ID first)."""
+    shifts = sorted(set(pts["shift"]), key=lambda s: (s != "id", s))
+    rows = []
+    for (dataset, proto, shots), g in pts.groupby(["dataset", "protocol", "shots"], dropna=False, sort=False):
+        row = {"dataset": dataset, "protocol": LABELS.get(proto, proto),
+               "shots / class": "all" if pd.isna(shots) else f"{shots:g}"}
+        for sh in shifts:
+            r = g[g["shift"] == sh]
+            row[f"{'ID' if sh == 'id' else sh} acc"] = (mean_std(r["acc_mean"].iloc[0], r["acc_std"].iloc[0])
+                                                        if len(r) else "")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {p: i for i, p in enumerate(("zeroshot", *EFFICIENCY_KINDS))}
+    out["_p"] = [order.get(next((k for k, v in LABELS.items() if v == p), p), 9) for p in out["protocol"]]
+    out["_k"] = [np.inf if s == "all" else float(s) for s in out["shots / class"]]
+    return out.sort_values(["dataset", "_p", "_k"]).drop(columns=["_p", "_k"]).reset_index(drop=True)
+
+
 def render(tables: Tables, figures: Path) -> list[str]:
     from dlbench.report.findings.base import findings_html
     from dlbench.report.html import section_figures
@@ -221,6 +342,11 @@ def render(tables: Tables, figures: Path) -> list[str]:
     for title, table in clip_tables(summary):
         parts.append(f"<h3>{title}</h3>")
         parts.append(table.to_html(classes="results", border=0, index=False))
+    pts = efficiency_points(tables["metrics"])
+    if not pts.empty:
+        parts.append("<h3>Data efficiency</h3><p>Accuracy with k labeled train images per class (class-balanced, "
+                     "nested subsets per seed); \"all\": the whole train split; zero-shot uses no labels.</p>")
+        parts.append(efficiency_table(pts).to_html(classes="results", border=0, index=False))
     return parts + section_figures(SECTION, figures)
 
 
@@ -228,11 +354,15 @@ SECTION = register_section(Section(
     "clip", "Robust fine-tuning of CLIP",
     "CLIP pretrained on captioned web-like data that covers every rendering style, then adapted on the narrow "
     "labeled split: zero-shot (class names x prompt templates), linear probe, fine-tuning from the zero-shot head, "
-    "LP-FT, and WiSE-FT's weight interpolation between each fine-tune and its start. Effective robustness: OOD "
+    "LP-FT, Lipsum-FT, FLYP, LoRA, and WiSE-FT's weight interpolation between each fine-tune and its start. Effective robustness: OOD "
     "accuracy above the logit-linear fit over the models trained on the ID data only (Taori et al. 2020).",
     order=30,
     figures=(Figure("clip_id_vs_ood.png", "ID against OOD accuracy per OOD shift on logit axes: zero-shot (star), "
-                    "linear probe (square), fine-tune (circle), LP-FT (diamond), WiSE-FT curves through α = 0 ... 1 "
+                    "linear probe (square), fine-tune (circle), LP-FT (diamond), Lipsum-FT (plus), FLYP (cross), LoRA (triangle), WiSE-FT curves through α = 0 ... 1 "
                     "(from the start model to the fine-tune), the ID-trained models (grey) with their baseline fit "
-                    "(dashed), the Pareto front of the CLIP points (dotted).", id_vs_ood),),
+                    "(dashed), the Pareto front of the CLIP points (dotted).", id_vs_ood),
+             Figure("clip_data_efficiency.png", "Data efficiency: ID and OOD accuracy against the number of labeled "
+                    "train images per class (log scale; 'all' is the whole train split) for the linear probe, the "
+                    "fine-tune from the zero-shot head and WiSE-FT at α = 0.5 of each k-shot fine-tune; zero-shot "
+                    "(dashed) needs no labels.", data_efficiency)),
     render=render))

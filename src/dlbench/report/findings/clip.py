@@ -1,13 +1,12 @@
 """The CLIP section's claims (Radford et al. 2021 / Taori et al. 2020, Wortsman et al. 2022, Kumar et al.
-2022), checked per (dataset, backbone, pretrain variant, OOD shift kind) on ``dlbench.report.clip``'s
+2022, Nam et al. 2024, Goyal et al. 2022), checked per (dataset, backbone, pretrain variant, OOD shift kind) on ``dlbench.report.clip``'s
 summary, so the findings and the section's tables always agree. Rows are matched by kind and lineage:
 "zero-shot" is adapt kind ``zeroshot``; "fine-tuning" is the kind-``finetune`` variant that starts from
 the zero-shot model (its parent; wise-ft's protocol), else the one named ``finetune``, else the first by
-name; "LP-FT" kind ``lpft`` (named ``lpft``, else the first); WiSE-FT the kind-``wiseft`` models whose
+name; "LP-FT", "Lipsum-FT" and "FLYP" kinds ``lpft``, ``lipsum`` and ``flyp`` (named like the kind, else the first); WiSE-FT the kind-``wiseft`` models whose
 end (last parent) is that fine-tune. Thresholds are constants with their source; never tuned on the
 results.
 
-Lipsum-FT, FLYP and LoRA claims arrive with those kinds.
 """
 
 from __future__ import annotations
@@ -24,6 +23,10 @@ SECTION = "clip"
 # course allows 1 point of ID accuracy below the fine-tuned model
 WISE_ID_TOLERANCE = 0.01
 LPFT_TOLERANCE = 0.0  # Kumar et al. 2022: LP-FT "at least as good" OOD as fine-tuning
+LIPSUM_TOLERANCE = 0.0  # Nam et al. 2024: Lipsum-FT improves OOD over fine-tuning
+FLYP_TOLERANCE = 0.0  # Goyal et al. 2022: FLYP improves OOD over fine-tuning
+LORA_ID_TOLERANCE = 0.02  # course homework: LoRA within 2 points of full fine-tuning ID ...
+LORA_PARAM_SHARE = 0.10  # ... with under 10% of its trainable parameters (Hu et al. 2022 report far less)
 
 
 def _side(row: pd.Series, acc: str) -> dict:
@@ -153,23 +156,76 @@ def wiseft_beats_both_ends(tables: Tables, tolerance: float = WISE_ID_TOLERANCE)
     return _summarise(out, "a WiSE-FT curve of a fine-tune", {"id_tolerance": tolerance})
 
 
-def lpft_ood_at_least_ft(tables: Tables, tolerance: float = LPFT_TOLERANCE) -> list[Verdict]:
+def ood_at_least_ft(tables: Tables, kind: str, label: str, tolerance: float = 0.0) -> list[Verdict]:
+    """``kind``'s variant (``_pick``) ≥ the fine-tune OOD, per shift."""
     metrics = clip_rows(tables["metrics"])
     out = []
     for key, g in _groups(tables):
-        lp, ft = _pick(g, "lpft"), _finetune(g, metrics, key)
-        if lp.empty or ft.empty:
-            if not (lp.empty and ft.empty):
-                out.append(Verdict(None, f"{_subject(key)}: {'no LP-FT' if lp.empty else 'no fine-tune'}", {},
+        other, ft = _pick(g, kind), _finetune(g, metrics, key)
+        if other.empty or ft.empty:
+            if not (other.empty and ft.empty):
+                out.append(Verdict(None, f"{_subject(key)}: {'no ' + label if other.empty else 'no fine-tune'}", {},
                                    _subject(key)))
             continue
-        a, b = lp.iloc[0], ft.iloc[0]
+        a, b = other.iloc[0], ft.iloc[0]
         diff = a["ood_acc_mean"] - b["ood_acc_mean"]
         holds = bool(diff >= -tolerance - EPS)
-        out.append(Verdict(holds, f"{key[3]}: LP-FT {_text(a, 'ood_acc')} vs FT {b['adapt']} {_text(b, 'ood_acc')} "
-                                  f"({points(diff)})",
-                           {"lpft": _side(a, "ood_acc"), "finetune": _side(b, "ood_acc"), "diff": diff}, _subject(key)))
-    return _summarise(out, "LP-FT and fine-tuning", {"tolerance": tolerance})
+        out.append(Verdict(holds, f"{key[3]}: {label} {_text(a, 'ood_acc')} vs FT {b['adapt']} "
+                                  f"{_text(b, 'ood_acc')} ({points(diff)})",
+                           {kind: _side(a, "ood_acc"), "finetune": _side(b, "ood_acc"), "diff": diff}, _subject(key)))
+    return _summarise(out, f"{label} and fine-tuning", {"tolerance": tolerance})
+
+
+def lpft_ood_at_least_ft(tables: Tables, tolerance: float = LPFT_TOLERANCE) -> list[Verdict]:
+    return ood_at_least_ft(tables, "lpft", "LP-FT", tolerance)
+
+
+def lipsum_ood_at_least_ft(tables: Tables, tolerance: float = LIPSUM_TOLERANCE) -> list[Verdict]:
+    return ood_at_least_ft(tables, "lipsum", "Lipsum-FT", tolerance)
+
+
+def flyp_ood_at_least_ft(tables: Tables, tolerance: float = FLYP_TOLERANCE) -> list[Verdict]:
+    return ood_at_least_ft(tables, "flyp", "FLYP", tolerance)
+
+
+def _trainable(metrics: pd.DataFrame, key: tuple, variant: str) -> float | None:
+    dataset, backbone, pretrain, _ = key
+    m = metrics[(metrics["dataset"] == dataset) & (metrics["backbone"] == backbone) & (metrics["pretrain"] == pretrain)
+                & (metrics["adapt"] == variant)]
+    values = pd.to_numeric(m["trainable_params"], errors="coerce").dropna() if "trainable_params" in m else []
+    return float(values.mean()) if len(values) else None
+
+
+def lora_close_to_ft(tables: Tables, tolerance: float = LORA_ID_TOLERANCE,
+                     share: float = LORA_PARAM_SHARE) -> list[Verdict]:
+    """LoRA's ID accuracy ≥ FT's − ``tolerance`` with trainable parameters < ``share`` x FT's. ID accuracy is
+    the same on every shift's row; the verdict is per (dataset, backbone, pretrain), on its first shift."""
+    metrics = clip_rows(tables["metrics"])
+    out, seen = [], set()
+    for key, g in _groups(tables):
+        if key[:3] in seen:
+            continue
+        lo, ft = _pick(g, "lora"), _finetune(g, metrics, key)
+        if lo.empty or ft.empty:
+            if not (lo.empty and ft.empty):
+                out.append(Verdict(None, f"{_subject(key)}: {'no LoRA' if lo.empty else 'no fine-tune'}", {},
+                                   _subject(key)))
+            continue
+        seen.add(key[:3])
+        a, b = lo.iloc[0], ft.iloc[0]
+        pa, pb = _trainable(metrics, key, a["adapt"]), _trainable(metrics, key, b["adapt"])
+        subject = "/".join(key[:3])
+        if pa is None or not pb:
+            out.append(Verdict(None, f"{subject}: trainable parameter counts missing", {}, subject))
+            continue
+        diff, ratio = a["id_acc_mean"] - b["id_acc_mean"], pa / pb
+        holds = bool(diff >= -tolerance - EPS and ratio < share)
+        out.append(Verdict(holds, f"LoRA ID {_text(a, 'id_acc')} vs FT {b['adapt']} {_text(b, 'id_acc')} "
+                                  f"({points(diff)}) with {100 * ratio:.1f}% of its trainable parameters "
+                                  f"({pa:,.0f} vs {pb:,.0f})",
+                           {"lora": _side(a, "id_acc"), "finetune": _side(b, "id_acc"), "diff": diff,
+                            "trainable_lora": pa, "trainable_finetune": pb, "param_share": ratio}, subject))
+    return _summarise(out, "LoRA and fine-tuning", {"id_tolerance": tolerance, "param_share": share})
 
 
 for _claim in (
@@ -191,5 +247,22 @@ for _claim in (
           "Kumar et al. 2022",
           "Per OOD shift kind: mean OOD accuracy over seeds, adapt kind lpft vs finetune on the CLIP backbone; "
           "holds when LP-FT ≥ FT on every shift.", SECTION, lpft_ood_at_least_ft, order=3),
+    Claim("clip.lipsum_ood_at_least_ft",
+          "Lipsum-FT is at least as good as fine-tuning out of distribution.",
+          "Nam et al. 2024 (Lipsum-FT); course homework 1",
+          "Per OOD shift kind: mean OOD accuracy over seeds, adapt kind lipsum vs the fine-tune from the zero-shot "
+          "head; holds when Lipsum-FT ≥ FT on every shift.", SECTION, lipsum_ood_at_least_ft, order=4),
+    Claim("clip.flyp_ood_at_least_ft",
+          "FLYP is at least as good as fine-tuning out of distribution.",
+          "Goyal et al. 2022 (FLYP)",
+          "Per OOD shift kind: mean OOD accuracy over seeds, adapt kind flyp vs the fine-tune from the zero-shot "
+          "head; holds when FLYP ≥ FT on every shift.", SECTION, flyp_ood_at_least_ft, order=5),
+    Claim("clip.lora_close_to_ft",
+          "LoRA comes within 2 points of full fine-tuning in distribution with under 10% of its trainable "
+          "parameters.",
+          "Hu et al. 2022 (LoRA); course homework 1",
+          "Mean ID test accuracy over seeds and trainable parameter counts (cards), adapt kind lora vs the fine-tune "
+          "from the zero-shot head; holds when LoRA ≥ FT − 2 points and its trainable parameters < 10% of FT's.",
+          SECTION, lora_close_to_ft, order=6),
 ):
     register_claim(_claim)
