@@ -302,22 +302,36 @@ def _check_pretrain(cfg: dict[str, Any]) -> None:
         _check_adapt_requires(cfg, run, where)
 
 
+def _is_clip_vit(spec: dict[str, Any]) -> bool:
+    """An open_clip spec with a ViT image tower: a ViT model name, or an inline config whose vision
+    tower's ``layers`` is a depth (a ResNet tower's is a list of blocks per stage)."""
+    if "config" in spec:
+        return not isinstance(spec["config"].get("vision_cfg", {}).get("layers", 12), (list, tuple))
+    return "vit" in str(spec.get("model", "")).lower()
+
+
 def _check_adapt_requires(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:
     """Adapt variants that need a CLIP backbone (zero-shot) run only on runs with one: restrict them with
     their ``pretrain:`` list, or the job would fail after the pretraining it waited for."""
     from dlbench.adapt.base import load_all as load_kinds
 
-    source = cfg["backbones"][run["backbone"]].get("source", "timm")
+    spec = cfg["backbones"][run["backbone"]]
+    source = spec.get("source", "timm")
     kinds = load_kinds()
     for name, variant in ((cfg.get("adapt") or {}).get("variants") or {}).items():
         if not isinstance(variant, dict) or variant.get("kind", name) not in kinds:
             continue  # reported by the adapt check
         kind = kinds.get(variant.get("kind", name))
         runs_here = [v for v in run["variants"] if not variant.get("pretrain") or v in variant["pretrain"]]
-        if kind.requires == "open_clip" and source != "open_clip" and runs_here:
+        needs_clip = kind.requires in ("open_clip", "open_clip_vit")
+        if needs_clip and source != "open_clip" and runs_here:
             raise ConfigError(f"adapt.variants.{name} (kind {kind.name}) needs an open_clip backbone, and would run on "
                               f"{where} ({run['backbone']!r}, {source}) for {', '.join(runs_here)}; give it a "
                               f"`pretrain:` list of CLIP pretrain variants")
+        if kind.requires == "open_clip_vit" and source == "open_clip" and not _is_clip_vit(spec) and runs_here:
+            raise ConfigError(f"adapt.variants.{name} (kind {kind.name}) needs a CLIP with a ViT image tower, and "
+                              f"{where} ({run['backbone']!r}) has a ResNet one; give it a `pretrain:` list of runs "
+                              f"on a ViT CLIP")
 
 
 def _check_run_adapt(cfg: dict[str, Any], run: dict[str, Any], where: str) -> None:

@@ -245,9 +245,14 @@ def clip_world(tmp_path_factory):
     adapt([lip], models / mid("zeroshot"), data, [models / mid("lipsum")], **quiet)
     adapt([adapt_recipe("wiseft_lipsum", "wiseft", {"alpha": 1.0}, mid("lipsum"), {"alpha": 1.0})],
           models / mid("lipsum"), data, [models / mid("wiseft_lipsum")], **quiet)
-    lora = adapt_recipe("lora", "lora", {**ft["params"], **LORA, "train": {**TRAIN, "lr": 1e-2}}, mid("zeroshot"),
+    lora = adapt_recipe("lora", "lora", {**ft["params"], **LORA, "train_head": True, "train": {**TRAIN, "lr": 1e-2}},
+                        mid("zeroshot"),
                         {"rank": 8})
     adapt([lora], models / mid("zeroshot"), data, [models / mid("lora")], **quiet)
+    peft_params = {**ft["params"], "train_head": True, "train": {**TRAIN, "lr": 1e-2}}
+    for name, extra in (("vpt", {"prompts": 4, "deep": False}), ("adapter", {"bottleneck": 4})):
+        adapt([adapt_recipe(name, name, {**peft_params, **extra}, mid("zeroshot"))], models / mid("zeroshot"), data,
+              [models / mid(name)], **quiet)
     adapt([adapt_recipe("flyp", "flyp", ft["params"], mid("zeroshot"))], models / mid("zeroshot"), data,
           [models / mid("flyp")], **quiet)
     adapt([adapt_recipe("wiseft_flyp", "wiseft", {"alpha": 0.5}, mid("flyp"), {"alpha": 0.5})],
@@ -434,6 +439,61 @@ def test_lora_trains_only_its_adapters_and_the_head_and_saves_merged(clip_world)
     assert any(n.startswith(prefix) for n in changed)  # the merge moved the target weights
     x, _, _ = load_tensors(data, "shapes", "test")
     assert torch.isfinite(predict_logits(m, x)).all()
+
+
+@pytest.mark.parametrize("kind, own", [("vpt", 4 * 32), ("adapter", 2 * (32 * 4 + 4 + 4 * 32 + 32))])
+def test_hand_written_peft_trains_only_its_own_parameters_and_reloads(clip_world, kind, own):
+    """VPT (4 shallow prompts of width 32) and adapters (bottleneck 4 after attention and MLP of the one
+    block): trainable = own parameters (counted by hand) + head; nothing else moves; rebuilt from the card."""
+    models, data = clip_world["models"], clip_world["data"]
+    m, card = load_model(models / mid(kind))
+    zs, _ = load_model(models / mid("zeroshot"))
+    assert card["kind"] == kind and card["family"] == "peft" and card["parents"] == [mid("zeroshot")]
+    (transform,) = card["model"]["transforms"]
+    assert transform["kind"] == kind
+    assert card["trainable_params"] == own + zs.head.weight.numel() + 10
+    # the wrapped modules keep their weights under .inner / ln_pre.ln_pre; the rest is the kind's own
+    renamed = {n.replace(".inner.", ".").replace("ln_pre.ln_pre.", "ln_pre."): n for n in m.state_dict()}
+    extra = {n for z, n in renamed.items() if z not in zs.state_dict()}
+    assert extra and all(n.endswith(".prompts") or ".down." in n or ".up." in n for n in extra)
+    assert set(zs.state_dict()) <= set(renamed)
+    moved = [z for z, n in renamed.items() if z in zs.state_dict() and not torch.equal(m.state_dict()[n],
+                                                                                     zs.state_dict()[z])]
+    assert moved and all(z.startswith("head.") for z in moved)  # the frozen backbone did not move
+    x, _, _ = load_tensors(data, "shapes", "test")
+    again, _ = load_model(models / mid(kind))
+    assert torch.equal(predict_logits(m, x), predict_logits(again, x))
+
+
+VIT2_SPEC = {"source": "open_clip", "config": {**CLIP_SPEC["config"], "vision_cfg": {
+    **CLIP_SPEC["config"]["vision_cfg"], "layers": 2}}}
+
+
+def test_deep_vpt_has_prompts_per_block_and_adapters_start_as_the_identity():
+    from dlbench.models.prompts import add_adapters, add_prompts
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32)
+    backbone = build_backbone(VIT2_SPEC, (32, 32)).eval()
+    base = backbone(x)
+    assert add_adapters(backbone.net, 4) == 2 * 2 * (32 * 4 + 4 + 4 * 32 + 32)
+    assert torch.equal(backbone(x), base)  # zero-initialised up projections
+    deep = build_backbone(VIT2_SPEC, (32, 32)).eval()
+    assert add_prompts(deep.net, 3, deep=True) == 3 * 32 * 2
+    prompts = [n for n, _ in deep.named_parameters() if n.endswith("prompts")]
+    assert len(prompts) == 2 and deep(x).shape == base.shape
+    with pytest.raises(ValueError, match="needs a ViT image tower"):
+        add_prompts(build_backbone(RN_SPEC, (32, 32)).net, 3, deep=False)
+
+
+def test_vit_only_peft_on_a_resnet_clip_fails_at_config_time(repo_root):
+    cfg = clip_config(repo_root)
+    cfg["backbones"]["clip_t"] = RN_SPEC
+    cfg["adapt"]["variants"]["vpt"] = {"of": "zeroshot", "pretrain": ["clip"], "train": {"epochs": 1}}
+    with pytest.raises(ConfigError, match=r"adapt\.variants\.vpt \(kind vpt\) needs a CLIP with a ViT image tower"):
+        check(cfg)
+    cfg["backbones"]["clip_t"] = cfg["backbones"]["clip_tiny"] = CLIP_SPEC  # every CLIP run on a ViT tower
+    check(cfg)
 
 
 def test_lipsum_regulariser_equals_a_hand_computation():

@@ -103,7 +103,8 @@ class AdaptKind:
     knobs: dict[str, str] = field(default_factory=dict)  # sweepable name -> dotted path in params
     of: tuple[str, ...] = ()  # kinds of the variant this one starts from (a variant's ``of`` names one)
     of_optional: bool = False  # True: a variant may leave ``of`` out (it starts from the pretrained backbone)
-    requires: str | None = None  # "open_clip": only on CLIP backbones (checked at config time)
+    requires: str | None = None  # "open_clip": only on CLIP backbones; "open_clip_vit": CLIP with a ViT image tower
+    # (both checked at config time)
     description: str = ""
 
 

@@ -21,17 +21,16 @@ higher lr than full fine-tuning; set ``train.lr`` per variant).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import torch
-
 from dlbench.adapt.base import AdaptContext, register_kind
-from dlbench.adapt.finetune import TRAINED, TRAINED_KNOBS, train
+from dlbench.adapt.finetune import TRAINED_KNOBS
+from dlbench.adapt.peft import PEFT, fit_peft
 from dlbench.models.backbones import Classifier
+from dlbench.models.clip import OpenClipNet
 from dlbench.models.lora import add_lora, merge_lora
 
-LORA = {"rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "train_head": True}
+LORA = {"rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0}
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -41,21 +40,17 @@ def check_params(params: dict[str, Any]) -> None:
         raise ValueError(f"lora lora_dropout must be in [0, 1), got {params['lora_dropout']}")
 
 
-@register_kind("lora", family="peft", job="train", defaults={**TRAINED, **LORA}, required=("train",),
+@register_kind("lora", family="peft", job="train", defaults={**PEFT, **LORA}, required=("train",),
                knobs={**TRAINED_KNOBS, "rank": "rank"}, of="zeroshot", requires="open_clip",
                description="LoRA adapters on the image tower via peft, merged after training (Hu et al. 2022)")
 def lora(ctx: AdaptContext, params: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
-    if ctx.start is None:
-        raise ValueError("lora fine-tunes from a zero-shot model: the job needs the `of` model")
     check_params(params)
-    torch.manual_seed(ctx.seed)
-    backbone = ctx.pretrained_backbone()
-    targets = add_lora(backbone.net, params)
-    head = copy.deepcopy(ctx.start.head).to(ctx.device)
-    head.requires_grad_(bool(params["train_head"]))
-    model = Classifier(backbone, ctx.num_classes, head).to(ctx.device)
-    model, info = train(ctx, model, params)  # trainable_params counted here: adapters + head
+    spec = {"kind": "lora", "merged": True, "rank": int(params["rank"]), "lora_alpha": float(params["lora_alpha"]),
+            "lora_dropout": float(params["lora_dropout"])}
+
+    def attach(net: OpenClipNet) -> dict[str, Any]:
+        return {**spec, "targets": add_lora(net, spec)}
+
+    backbone, model, info, transform = fit_peft(ctx, params, attach, "lora")
     merge_lora(backbone.net)
-    transform = {"kind": "lora", "merged": True, "rank": int(params["rank"]), "lora_alpha": float(params["lora_alpha"]),
-                 "lora_dropout": float(params["lora_dropout"]), "targets": targets}
     return model, {**info, "transforms": [transform]}

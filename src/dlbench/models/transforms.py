@@ -19,7 +19,7 @@ from dlbench.registry import Registry
 Transform = Callable[[nn.Module, dict[str, Any]], nn.Module]  # (model, spec) -> transformed model
 TRANSFORMS: Registry[Transform] = Registry("model transform")
 # the module that registers each transform kind, imported on first use (peft's import is slow)
-MODULES = {"lora": "dlbench.models.lora"}
+MODULES = {"lora": "dlbench.models.lora", "vpt": "dlbench.models.prompts", "adapter": "dlbench.models.prompts"}
 
 
 def register_transform(kind: str) -> Callable[[Transform], Transform]:

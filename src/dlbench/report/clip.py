@@ -219,15 +219,38 @@ def id_vs_ood(tables: Tables, path: Path) -> None:
                            edgecolor="black", zorder=5, label=f"{LABELS[kind]} ({row.adapt})")
         front = pareto_front(mean)
         ax.plot(front["id_mean"], front["ood_mean"], c="crimson", lw=0.8, ls=":", label="Pareto front (CLIP points)")
-        ax.set_xscale("logit")
-        ax.set_yscale("logit")
+        _logit_axes(ax)
         ax.set_xlabel("ID accuracy (test; logit axis)")
         ax.set_ylabel(f"{shift} accuracy (mean over its splits; logit axis)")
         ax.set_title(f"{dataset}: {shift} shift (means over seeds)")
-        ax.legend(fontsize=6.5, loc="best")
+    # one legend for all panels, beside them (inside, it would cover the points)
+    handles, labels = {}, []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, fontsize=7.5, loc="center left",
+               bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Robust fine-tuning of CLIP: ID vs OOD accuracy", y=1.02)
     fig.tight_layout()
     save(fig, path)
+
+
+LOGIT_TICKS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def _logit_axes(ax) -> None:
+    """Logit-scaled axes with plain accuracy tick labels (.1, .5, .9 rather than matplotlib's 1/2, 1-10^-1)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("logit")
+    ax.set_yscale("logit")
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        ticks = [t for t in LOGIT_TICKS if lo <= t <= hi] or [t for t in LOGIT_TICKS]
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}".rstrip("0").lstrip("0") or "0"))
+        axis.set_minor_locator(NullLocator())
 
 
 # ---- data efficiency (homework 1 bonus) -------------------------------------------------------------
